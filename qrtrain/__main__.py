@@ -1,0 +1,5 @@
+"""python -m qrtrain --help"""
+
+from qrtrain.cli import main
+
+main()

@@ -1,0 +1,84 @@
+"""Publish a new version of a named artifact: assembled aside, then renamed into place.
+
+    qrtrain train model=tiny training.max_steps=2 artifact.root=/tmp/a artifact.name=demo
+    ls /tmp/a/demo        # v1 v2 ... latest
+
+A version is complete or absent: it is written in a hidden temporary folder beside
+its final place, flushed, given its manifest, and renamed to v<N> under a lock, so
+two runs publishing at once get different versions. `latest` is a file naming the
+newest version.
+"""
+
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from qrtrain.manifest import write_json, write_manifest
+
+VERSION_RE = re.compile(r"v(\d+)")
+LATEST_NAME = "latest"
+
+
+def versions(name_dir: Path) -> list[int]:
+    """Published version numbers under an artifact name folder, ascending."""
+    if not name_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in name_dir.iterdir() if p.is_dir() and (m := VERSION_RE.fullmatch(p.name)))
+
+
+@contextmanager
+def staging_folder(root: Path, name: str):
+    """A temporary folder beside the versions; removed unless it was published."""
+    name_dir = Path(root) / name
+    name_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=name_dir))
+    staging.chmod(0o755)  # mkdtemp makes it private; a published version is readable like any output
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_version(staging: Path, metadata: dict) -> Path:
+    """Give the staged files their metadata and manifest and rename them to the next v<N>."""
+    name_dir = staging.parent
+    with open(name_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        number = (versions(name_dir) or [0])[-1] + 1
+        write_json(staging / "metadata.json", {**metadata, "version": f"v{number}"})
+        write_manifest(staging)
+        _fsync_tree(staging)
+        final = name_dir / f"v{number}"
+        os.rename(staging, final)
+        _write_latest(name_dir, f"v{number}")
+        _fsync_dir(name_dir)
+    return final
+
+
+def _write_latest(name_dir: Path, version: str) -> None:
+    tmp = name_dir / f".{LATEST_NAME}.tmp"
+    with open(tmp, "w") as f:
+        f.write(version + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, name_dir / LATEST_NAME)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,72 @@
+"""The `qrtrain` command line: a thin Typer app; each verb calls one function in its own module.
+
+    qrtrain --help
+    qrtrain train model=tiny training.max_steps=5
+"""
+
+import os
+import sys
+
+import typer
+
+from qrtrain import __version__
+from qrtrain.errors import QrtrainError
+
+app = typer.Typer(
+    help="Fine-tune causal language models with LoRA/QLoRA and publish adapter artifacts you can verify.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qrtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    if debug:
+        os.environ["QRTRAIN_DEBUG"] = "1"
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    help="Fine-tune and publish a new artifact version. Takes Hydra overrides: qrtrain train --help lists them.",
+)
+def train(ctx: typer.Context) -> None:
+    from qrtrain.train import run_hydra
+
+    args = list(ctx.args)
+    if "--debug" in args:
+        args.remove("--debug")
+        os.environ["QRTRAIN_DEBUG"] = "1"
+    raise typer.Exit(run_hydra(args))
+
+
+def report_error(error: QrtrainError) -> None:
+    """Print an error as the CLI shows it: `error: <message>` on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(error.message)}")
+
+
+def main() -> None:
+    """Console-script entry point: QrtrainError becomes a message and its exit code."""
+    try:
+        app()
+    except QrtrainError as error:
+        if os.environ.get("QRTRAIN_DEBUG"):
+            raise
+        report_error(error)
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Where the Hydra configs live, composing them, and checking a composed config.
+
+    qrtrain train --cfg job          # the composed config
+    python -c "from qrtrain.config import compose; print(compose(['model=tiny']))"
+"""
+
+import re
+from pathlib import Path
+
+from qrtrain.errors import QrtrainError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def conf_dir() -> Path:
+    """The `conf/` folder: inside the installed wheel, or at the top of a source checkout."""
+    for candidate in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise QrtrainError(f"qrtrain's config folder is missing (looked in {PACKAGE_DIR / 'conf'} and {PACKAGE_DIR.parent / 'conf'}); reinstall qrtrain")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files in conf/<group>/."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train"):
+    """Compose a config with Hydra's compose API (for tests and for verbs that do not sweep)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_config(cfg) -> None:
+    """Check a composed training config; report every problem at once as one QrtrainError."""
+    problems: list[str] = []
+
+    def need(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            value = _select(cfg, key)
+            problems.append(f"{key}={value!r}: expected {expected}")
+
+    t = cfg.training
+    for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "logging_steps"):
+        need(f"training.{key}", _is_int(t[key]) and t[key] > 0, "a whole number above 0")
+    need("training.eval_steps", _is_int(t.eval_steps) and t.eval_steps >= 0, "a whole number, 0 or more")
+    need("training.learning_rate", _is_number(t.learning_rate) and t.learning_rate > 0, "a number above 0, e.g. 2e-4")
+    need("training.weight_decay", _is_number(t.weight_decay) and t.weight_decay >= 0, "a number, 0 or more")
+    need("training.warmup_ratio", _is_number(t.warmup_ratio) and 0 <= t.warmup_ratio < 1, "a number in [0, 1)")
+    need("training.lr_scheduler", t.lr_scheduler in ("cosine", "linear", "constant"), "one of cosine, linear, constant")
+    need("training.dtype", t.dtype in ("auto", "float32", "bfloat16", "float16"), "one of auto, float32, bfloat16, float16")
+    need("training.device", t.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
+    for key in ("gradient_checkpointing", "packing"):
+        need(f"training.{key}", isinstance(t[key], bool), "true or false")
+    need("seed", _is_int(cfg.seed) and cfg.seed >= 0, "a whole number, 0 or more")
+
+    lora = cfg.lora
+    need("lora.r", _is_int(lora.r) and lora.r > 0, "a whole number above 0, e.g. 16")
+    need("lora.alpha", _is_number(lora.alpha) and lora.alpha > 0, "a number above 0, e.g. 32")
+    need("lora.dropout", _is_number(lora.dropout) and 0 <= lora.dropout < 1, "a number in [0, 1)")
+    targets = lora.target_modules
+    need("lora.target_modules", isinstance(targets, str) and targets != ""
+         or (_is_list(targets) and len(targets) > 0 and all(isinstance(x, str) and x for x in targets)),
+         "all-linear or a list of module names, e.g. [q_proj,v_proj]")
+
+    decay = cfg.strategy.layer_decay
+    need("strategy.layer_decay", decay is None or (_is_number(decay) and 0 < decay <= 1), "null or a number in (0, 1]")
+
+    data = cfg.data
+    need("data.eval_fraction", _is_number(data.eval_fraction) and 0 <= data.eval_fraction < 1, "a number in [0, 1)")
+    sources = train_sources(cfg)
+    if data.weights is not None:
+        weights = data.weights
+        need("data.weights", _is_list(weights) and len(weights) == len(sources)
+             and all(_is_number(w) and w > 0 for w in weights),
+             f"null or a list of {len(sources)} positive numbers, one per data.train source")
+    need("artifact.name", isinstance(cfg.artifact.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.artifact.name) is not None,
+         "a name of letters, digits, '.', '_' and '-', e.g. my-adapter")
+    need("artifact.root", isinstance(cfg.artifact.root, str) and cfg.artifact.root != "", "a folder path")
+
+    if problems:
+        raise QrtrainError("invalid config:\n  " + "\n  ".join(problems) + "\nfix these overrides (qrtrain train --help lists the keys)")
+
+
+def train_sources(cfg) -> list[str]:
+    """data.train as a list of paths ([] means the shipped demo)."""
+    value = cfg.data.train
+    if value is None:
+        return []
+    return [str(value)] if not _is_list(value) else [str(v) for v in value]
+
+
+def _is_list(value) -> bool:
+    from omegaconf import ListConfig
+
+    return isinstance(value, (list, tuple, ListConfig))
+
+
+def _select(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key)

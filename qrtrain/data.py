@@ -1,0 +1,239 @@
+"""Load, check and shape training data before any model is loaded.
+
+    qrtrain train data.train=my.jsonl                   # text | prompt/completion | messages | instruction/output
+    qrtrain train data.train=[a.jsonl,b.parquet] data.weights=[3,1]
+
+Sources: .jsonl, .json (a list of objects), .parquet, or a folder written by
+`datasets.Dataset.save_to_disk`. Every problem is reported with file and line (or row).
+"""
+
+import json
+from pathlib import Path
+
+from qrtrain.config import PACKAGE_DIR, train_sources
+from qrtrain.errors import QrtrainError
+
+DEMO_DIR = PACKAGE_DIR / "demo_data"
+ROLES = ("system", "user", "assistant")
+MAX_LISTED = 10
+FORMAT_HELP = ("expected a JSON object with `text`, `prompt`/`completion`, `messages` "
+               "or `instruction`/`output` (alpaca)")
+
+
+def read_rows(path: Path) -> list[tuple[str, object]]:
+    """Rows of one source as (where, row) pairs; `where` is 'FILE line N' or 'FILE row N'."""
+    if not path.exists():
+        raise QrtrainError(f"{path}: no such data file or folder")
+    if path.is_dir():
+        return _read_saved_dataset(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise QrtrainError(f"{path} line {number}: not UTF-8 text (byte {error.start + 1} of the line); "
+                                       "save the file as UTF-8") from None
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((f"{path} line {number}", json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise QrtrainError(f"{path} line {number}: not valid JSON ({error.msg} at column {error.colno}); "
+                                       "each line must be one JSON object") from None
+        return rows
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise QrtrainError(f"{path} line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+        except UnicodeDecodeError:
+            raise QrtrainError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+        if not isinstance(data, list):
+            raise QrtrainError(f"{path}: expected a JSON list of examples, got {type(data).__name__}; "
+                               "use a list, or JSON Lines (.jsonl) with one object per line")
+        return [(f"{path} row {i + 1}", row) for i, row in enumerate(data)]
+    if suffix == ".parquet":
+        from datasets import Dataset
+
+        try:
+            dataset = Dataset.from_parquet(str(path))
+        except Exception as error:
+            raise QrtrainError(f"{path}: not a readable Parquet file ({error})") from None
+        return [(f"{path} row {i + 1}", row) for i, row in enumerate(dataset)]
+    raise QrtrainError(f"{path}: unsupported data file type {suffix!r}; use .jsonl, .json, .parquet "
+                       "or a folder saved with datasets.Dataset.save_to_disk")
+
+
+def _read_saved_dataset(path: Path) -> list[tuple[str, object]]:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as error:
+        raise QrtrainError(f"{path}: not a dataset folder saved with datasets.save_to_disk ({type(error).__name__})") from None
+    if isinstance(dataset, DatasetDict):
+        if "train" not in dataset:
+            raise QrtrainError(f"{path}: the saved DatasetDict has no 'train' split (it has {sorted(dataset)})")
+        dataset = dataset["train"]
+    return [(f"{path} row {i + 1}", row) for i, row in enumerate(dataset)]
+
+
+def row_format(row: dict) -> str | None:
+    if "messages" in row:
+        return "messages"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def row_problem(row: object) -> str | None:
+    """What is wrong with one example, or None."""
+    if not isinstance(row, dict):
+        return f"{FORMAT_HELP}, got {type(row).__name__ if row is not None else 'null'}"
+    kind = row_format(row)
+    if kind is None:
+        return f"{FORMAT_HELP}, got keys {sorted(row)}"
+    if kind == "text":
+        return None if _nonempty_str(row["text"]) else "`text` must be a non-empty string"
+    if kind == "prompt_completion":
+        if not isinstance(row["prompt"], str):
+            return f"`prompt` must be a string, got {type(row['prompt']).__name__}"
+        return None if _nonempty_str(row["completion"]) else "`completion` must be a non-empty string"
+    if kind == "alpaca":
+        if not _nonempty_str(row["instruction"]) or not _nonempty_str(row["output"]):
+            return "`instruction` and `output` must be non-empty strings"
+        return None if isinstance(row.get("input") or "", str) else "`input` must be a string"
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        return "`messages` must be a non-empty list of {role, content} objects"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) < {"role", "content"}:
+            return f"messages[{i}] must be an object with `role` and `content`"
+        if message["role"] not in ROLES:
+            return f"messages[{i}].role is {message['role']!r}; expected one of {', '.join(ROLES)}"
+        if not isinstance(message["content"], str):
+            return f"messages[{i}].content must be a string, got {type(message['content']).__name__}"
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        return "the conversation has no assistant turn with content, so nothing would be learned from it"
+    return None
+
+
+def _nonempty_str(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def to_training_row(row: dict, model_type: str, where: str) -> dict:
+    """One example in the format TRL expects for this model type."""
+    kind = row_format(row)
+    if model_type == "dialogue":
+        if kind == "messages":
+            return {"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
+        if kind == "prompt_completion":
+            return {"messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]}
+        if kind == "alpaca":
+            user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+            return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]}
+        raise QrtrainError(f"{where}: model_type=dialogue needs conversations (`messages`, `prompt`/`completion` or "
+                           "`instruction`/`output`), got plain `text`; use model_type=standard for plain text")
+    if kind == "messages":
+        raise QrtrainError(f"{where}: model_type=standard takes `text` or `prompt`/`completion`, got `messages`; "
+                           "use model_type=dialogue for conversations")
+    if kind == "alpaca":
+        prompt = f"### Instruction:\n{row['instruction']}\n\n"
+        if row.get("input"):
+            prompt += f"### Input:\n{row['input']}\n\n"
+        return {"prompt": prompt + "### Response:\n", "completion": row["output"]}
+    if kind == "prompt_completion":
+        return {"prompt": row["prompt"], "completion": row["completion"]}
+    return {"text": row["text"]}
+
+
+def load_source(path: Path, model_type: str) -> list[dict]:
+    """Read, check and convert one source; every bad row is reported (up to MAX_LISTED)."""
+    rows = read_rows(path)
+    problems = [f"{where}: {problem}" for where, row in rows if (problem := row_problem(row))]
+    if problems:
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise QrtrainError(f"{len(problems)} bad example(s) in {path}:\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
+    if not rows:
+        raise QrtrainError(f"{path}: no examples (the file is empty)")
+    kinds = {row_format(row) for _, row in rows}
+    if len(kinds) > 1:
+        first = rows[0][1]
+        odd = next(where for where, row in rows if row_format(row) != row_format(first))
+        raise QrtrainError(f"{path}: mixes formats ({', '.join(sorted(kinds))}); {odd} differs from the first row; "
+                           "put each format in its own file and list them in data.train")
+    return [to_training_row(row, model_type, where) for where, row in rows]
+
+
+def unify(sources: list[list[dict]]) -> list[list[dict]]:
+    """model_type=standard: if text meets prompt/completion, text becomes a completion with an empty prompt."""
+    if any("prompt" in s[0] for s in sources) and any("text" in s[0] for s in sources):
+        return [[{"prompt": "", "completion": r["text"]} if "text" in r else r for r in s] for s in sources]
+    return sources
+
+
+def load_datasets(cfg):
+    """(train, eval, description) as datasets.Dataset objects; eval may be None."""
+    from datasets import Dataset, interleave_datasets
+
+    model_type = cfg.model_type.name
+    paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / cfg.model_type.demo_train]
+    sources = unify([load_source(p, model_type) for p in paths])
+    datasets = [Dataset.from_list(rows) for rows in sources]
+    if len(datasets) == 1:
+        train = datasets[0]
+    else:
+        weights = list(cfg.data.weights) if cfg.data.weights is not None else [len(d) for d in datasets]
+        total = float(sum(weights))
+        train = interleave_datasets(datasets, probabilities=[w / total for w in weights], seed=cfg.seed,
+                                    stopping_strategy="all_exhausted")
+    if cfg.data.eval is not None:
+        eval_set = Dataset.from_list(unify([load_source(Path(cfg.data.eval), model_type)])[0])
+    elif cfg.data.train is None and cfg.model_type.demo_eval:
+        eval_set = Dataset.from_list(load_source(DEMO_DIR / cfg.model_type.demo_eval, model_type))
+    elif cfg.data.eval_fraction > 0 and len(train) >= 2:
+        split = train.train_test_split(test_size=max(1, round(len(train) * cfg.data.eval_fraction)), seed=cfg.seed)
+        train, eval_set = split["train"], split["test"]
+    else:
+        eval_set = None
+    if len(train) == 0:
+        raise QrtrainError(f"no training examples left in {', '.join(map(str, paths))} after the evaluation split; "
+                           "add data or set data.eval_fraction=0")
+    return train, eval_set, [str(p) for p in paths]
+
+
+def token_report(dataset, tokenizer, max_length: int) -> dict:
+    """Count examples longer than max_length and those whose loss tokens all lie beyond it."""
+    truncated = no_loss = 0
+    for row in dataset:
+        if "messages" in row:
+            encoded = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                                    return_assistant_tokens_mask=True)
+            ids, mask = encoded["input_ids"], encoded["assistant_masks"]
+        elif "prompt" in row:
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            ids = tokenizer(row["prompt"] + row["completion"])["input_ids"]
+            mask = [0] * len(prompt) + [1] * (len(ids) - len(prompt))
+        else:
+            ids = tokenizer(row["text"])["input_ids"]
+            mask = [1] * len(ids)
+        truncated += len(ids) > max_length
+        no_loss += sum(mask[1:max_length]) == 0  # the first token is never predicted
+    return {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss}
+
+
+def check_token_lengths(train, tokenizer, max_length: int) -> dict:
+    """Refuse a set where max_length cuts every loss token; report counts otherwise."""
+    report = token_report(train, tokenizer, max_length)
+    if report["all_loss_tokens_cut"] == report["examples"]:
+        raise QrtrainError(f"all {report['examples']} training examples lose every loss token to "
+                           f"training.max_length={max_length}; raise training.max_length or shorten the prompts")
+    return report

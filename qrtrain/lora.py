@@ -1,0 +1,50 @@
+"""LoRA: the PEFT config, the check that only LoRA parameters train, and a digest of the frozen base.
+
+    qrtrain train model=tiny lora.r=8 lora.alpha=16 lora.target_modules=[q_proj,v_proj]
+"""
+
+import hashlib
+
+from qrtrain.errors import QrtrainError
+
+
+def lora_config(cfg):
+    from omegaconf import OmegaConf
+    from peft import LoraConfig
+
+    targets = cfg.lora.target_modules
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets if isinstance(targets, str) else OmegaConf.to_container(targets),
+        task_type="CAUSAL_LM",
+    )
+
+
+def check_only_lora_trainable(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; fails if anything but LoRA weights would train."""
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    others = [name for name in trainable if "lora_" not in name]
+    if others:
+        raise QrtrainError(f"{len(others)} non-LoRA parameters would train (e.g. {others[0]}); only LoRA weights may", exit_code=1)
+    if not trainable:
+        raise QrtrainError("no LoRA parameters to train: lora.target_modules matched no module of this model; "
+                           "name modules it has (e.g. [q_proj,v_proj]) or use all-linear")
+    total = sum(p.numel() for _, p in model.named_parameters())
+    return sum(p.numel() for _, p in model.named_parameters() if p.requires_grad), total
+
+
+def frozen_digest(model) -> str:
+    """sha256 over every non-LoRA parameter and buffer in memory, in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    state = model.state_dict()
+    for name in sorted(state):
+        if "lora_" in name:
+            continue
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,230 @@
+"""Fine-tune with TRL's SFTTrainer + PEFT LoRA and publish a new artifact version.
+
+    qrtrain train model=tiny training.max_steps=5
+    qrtrain train -m strategy=standard,finetune model=tiny training.max_steps=2
+
+The story, top to bottom: check config -> load and check data -> load tokenizer
+and model -> add LoRA -> build trainer -> train -> evaluate -> check the base is
+untouched -> publish.
+"""
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from qrtrain import __version__
+from qrtrain.errors import QrtrainError
+
+_task_started = False
+
+
+def run_hydra(overrides: list[str]) -> int:
+    """Hand the overrides to Hydra's own run machinery (multirun, launchers, sweepers, --cfg, --help)."""
+    import hydra
+
+    from qrtrain.config import conf_dir
+
+    global _task_started
+    _task_started = False
+    if os.environ.get("QRTRAIN_DEBUG"):
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = ["qrtrain train", *overrides]
+    main = hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(hydra_task)
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        # Hydra exits 1 on a config it cannot compose (unknown option, bad override): that is a usage error.
+        return 2 if code == 1 and not _task_started else code
+    return 0
+
+
+def hydra_task(cfg) -> float:
+    """One Hydra job: train and publish; returns the final evaluation loss (the sweep objective)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from qrtrain.cli import report_error
+
+    global _task_started
+    _task_started = True
+    try:
+        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except QrtrainError as error:
+        if os.environ.get("QRTRAIN_DEBUG"):
+            traceback.print_exc()
+        report_error(error)
+        sys.exit(error.exit_code)
+    except Exception as error:  # a crash, not bad input: say so, traceback only with --debug
+        if os.environ.get("QRTRAIN_DEBUG"):
+            raise
+        report_error(QrtrainError(f"training failed: {type(error).__name__}: {error} (rerun with --debug for the traceback)"))
+        sys.exit(1)
+
+
+def train(cfg, run_dir: Path) -> float:
+    from qrtrain.config import check_config
+    from qrtrain.data import check_token_lengths, load_datasets
+
+    check_config(cfg)
+    train_set, eval_set, data_paths = load_datasets(cfg)
+
+    quiet_libraries()
+    from qrtrain import models
+
+    folder = models.model_folder(cfg.model)
+    tokenizer = models.load_tokenizer(folder, cfg.model_type.name)
+    lengths = check_token_lengths(train_set, tokenizer, cfg.training.max_length)
+    say(f"data: {len(train_set)} training examples ({lengths['truncated']} truncated to {cfg.training.max_length} tokens, "
+        f"{lengths['all_loss_tokens_cut']} dropped: no loss token left), "
+        f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
+
+    device = models.resolve_device(cfg)
+    dtype = models.compute_dtype(cfg, device)
+    model = models.load_model(folder, cfg, device, dtype)
+
+    from peft import get_peft_model
+
+    from qrtrain.lora import check_only_lora_trainable, frozen_digest, lora_config
+
+    model = get_peft_model(model, lora_config(cfg))
+    trainable, total = check_only_lora_trainable(model)
+    base_digest = frozen_digest(model)
+    say(f"model: {folder.name} on {device} ({str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
+        f"{trainable:,} of {total:,} parameters trainable (LoRA only)")
+
+    trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype)
+    started = time.time()
+    result = trainer.train()
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
+               "global_step": trainer.state.global_step,
+               "num_tokens": trainer.state.log_history[-2].get("num_tokens") if len(trainer.state.log_history) > 1 else None}
+    if eval_set is not None:
+        metrics.update(trainer.evaluate())
+
+    if frozen_digest(model) != base_digest:
+        raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
+
+    version = publish(cfg, trainer, tokenizer, metrics, data_paths, folder, device, base_digest)
+    say(f"published {version}")
+    print(version)
+    return float(metrics.get("eval_loss", metrics["train_loss"]))
+
+
+def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype):
+    import torch
+    from transformers import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from qrtrain.progress import MetricsFile, RichProgress, tensorboard_callback
+    from qrtrain.strategy import build_optimizer
+
+    t = cfg.training
+    evaluate_every = eval_set is not None and t.eval_steps > 0
+    args = SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        max_length=t.max_length,
+        packing=t.packing,
+        gradient_checkpointing=t.gradient_checkpointing,
+        assistant_only_loss=cfg.model_type.name == "dialogue",
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        seed=cfg.seed,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if evaluate_every else "no",
+        eval_steps=t.eval_steps if evaluate_every else None,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        optimizers=(build_optimizer(model, cfg), None),
+        callbacks=[RichProgress(), MetricsFile(run_dir / "metrics.jsonl"), tensorboard_callback(run_dir / "tensorboard")],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def publish(cfg, trainer, tokenizer, metrics: dict, data_paths: list[str], base_folder: Path, device: str,
+            base_digest: str) -> Path:
+    import platform
+    from datetime import datetime, timezone
+
+    from omegaconf import OmegaConf
+
+    from qrtrain.artifact import publish_version, staging_folder
+    from qrtrain.manifest import write_json
+
+    with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        write_json(staging / "training_metrics.json",
+                   {"final": metrics, "history": [entry for entry in trainer.state.log_history]})
+        metadata = {
+            "name": cfg.artifact.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "qrtrain_version": __version__,
+            "base_model": {"name": cfg.model.name, "path": str(cfg.model.path or base_folder)},
+            "model_type": cfg.model_type.name,
+            "strategy": cfg.strategy.name,
+            "quantization": cfg.quantization.name,
+            "datasets": data_paths,
+            "seed": cfg.seed,
+            "device": device,
+            "python": platform.python_version(),
+            "libraries": library_versions(),
+            "base_weights_check": {"frozen_parameters_sha256": base_digest, "unchanged": True},
+        }
+        return publish_version(staging, metadata)
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "safetensors"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def say(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[dim]qrtrain:[/] {escape(message)}")
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (per-dataset progress bars, load reports) out of the terminal."""
+    import logging
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft|transformers|trl|torch")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
