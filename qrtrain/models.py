@@ -206,6 +206,12 @@ def load_model(folder: Path, cfg, device: str, dtype):
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 
+        # bitsandbytes repacks 4-bit weights for AVX512-BF16 CPUs on the first no-grad forward (evaluation), and
+        # its inverse is lossy: absmax values change. Keep the base bit-identical by never repacking.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
     return model
 

@@ -1,0 +1,36 @@
+"""Shared fixtures: a private model cache, composed configs, the tiny model folder."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Tests build the tiny model into their own cache; the default model keeps the user's cache."""
+    if "QRTRAIN_TEST_CACHE" in os.environ:
+        os.environ["QRTRAIN_CACHE"] = os.environ["QRTRAIN_TEST_CACHE"]
+    else:
+        os.environ.setdefault("QRTRAIN_CACHE", str(tmp_path_factory.mktemp("qrtrain-cache")))
+    yield os.environ["QRTRAIN_CACHE"]
+
+
+def compose_cfg(*overrides: str, root=None):
+    from qrtrain.config import compose
+
+    extra = [f"artifact.root={root}"] if root is not None else []
+    return compose(["model=tiny", *overrides, *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(model_cache):
+    from qrtrain.models import model_folder
+
+    return model_folder(compose_cfg().model)
+
+
+def published_versions(root) -> list[str]:
+    """Every v<N> folder under an artifact root."""
+    from pathlib import Path
+
+    return sorted(str(p.relative_to(root)) for p in Path(root).glob("*/v*") if p.is_dir())
