@@ -46,7 +46,21 @@ def train(ctx: typer.Context) -> None:
     if "--debug" in args:
         args.remove("--debug")
         os.environ["QRTRAIN_DEBUG"] = "1"
-    raise typer.Exit(run_hydra(args))
+    try:
+        code = run_hydra(args)
+    except QrtrainError as error:
+        fail(error)
+    raise typer.Exit(code)
+
+
+def fail(error: QrtrainError) -> None:
+    """Report a QrtrainError and exit with its code (the traceback too, with --debug)."""
+    if os.environ.get("QRTRAIN_DEBUG"):
+        import traceback
+
+        traceback.print_exception(error)
+    report_error(error)
+    raise typer.Exit(error.exit_code)
 
 
 def report_error(error: QrtrainError) -> None:

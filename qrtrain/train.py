@@ -30,6 +30,7 @@ def run_hydra(overrides: list[str]) -> int:
     _task_started = False
     if os.environ.get("QRTRAIN_DEBUG"):
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    check_override_syntax(overrides)
     sys.argv = ["qrtrain train", *overrides]
     main = hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(hydra_task)
     try:
@@ -39,6 +40,22 @@ def run_hydra(overrides: list[str]) -> int:
         # Hydra exits 1 on a config it cannot compose (unknown option, bad override): that is a usage error.
         return 2 if code == 1 and not _task_started else code
     return 0
+
+
+def check_override_syntax(overrides: list[str]) -> None:
+    """Name the key=value token that Hydra's override grammar rejects (Hydra's own message does not)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for token in overrides:
+        if token.startswith("-") or "=" not in token:
+            continue
+        try:
+            parser.parse_overrides([token])
+        except OverrideParseException as error:
+            raise QrtrainError(f"override {token!r} is not valid Hydra syntax ({error.message.splitlines()[0]}); "
+                               "write key=value, lists as key=[a,b], quote values with spaces") from None
 
 
 def hydra_task(cfg) -> float:
@@ -99,7 +116,7 @@ def train(cfg, run_dir: Path) -> float:
     result = trainer.train()
     metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
                "global_step": trainer.state.global_step,
-               "num_tokens": trainer.state.log_history[-2].get("num_tokens") if len(trainer.state.log_history) > 1 else None}
+               "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)}
     if eval_set is not None:
         metrics.update(trainer.evaluate())
 

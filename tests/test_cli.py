@@ -1,0 +1,109 @@
+"""The command line: help stays light, training publishes, bad input exits 2 and publishes nothing."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from qrtrain.cli import app
+from tests.conftest import published_versions
+
+HEAVY = ("torch", "transformers", "trl", "peft")
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_help_and_version_import_nothing_heavy():
+    code = ("import sys, runpy; sys.argv=['qrtrain','--help']\n"
+            "try: runpy.run_module('qrtrain', run_name='__main__')\n"
+            "except SystemExit: pass\n"
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "train" in out and "HEAVY []" in out
+    assert invoke("--version").output.strip().startswith("qrtrain ")
+
+
+def test_train_help_lists_groups_without_training(tmp_path):
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    for text in ("model: smollm2-135m-instruct, tiny", "quantization: int8, nf4, none", "strategy: finetune, standard"):
+        assert text in result.output
+
+
+def test_cfg_job_prints_config_without_training(tmp_path):
+    result = invoke("train", "--cfg", "job", "model=tiny", f"artifact.root={tmp_path}")
+    assert result.exit_code == 0 and "max_steps: 40" in result.output
+    assert published_versions(tmp_path) == []
+
+
+def test_train_publishes_a_version_with_manifest(tmp_path):
+    result = invoke("train", "model=tiny", "training.max_steps=2", f"artifact.root={tmp_path}", "artifact.name=t")
+    assert result.exit_code == 0, result.output
+    version = tmp_path / "t" / "v1"
+    assert str(version) in result.output
+    names = {p.name for p in version.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "training_config.yaml", "training_metrics.json",
+            "metadata.json", "checksums.json", "tokenizer.json"} <= names
+    manifest = json.loads((version / "checksums.json").read_text())
+    assert {f["path"] for f in manifest["files"]} == names - {"checksums.json"}
+    assert (tmp_path / "t" / "latest").read_text().strip() == "v1"
+    metrics = json.loads((version / "training_metrics.json").read_text())
+    assert metrics["final"]["global_step"] == 2 and "eval_loss" in metrics["final"]
+    run_dirs = list((tmp_path / ".runs" / "t").iterdir())
+    assert (run_dirs[0] / "metrics.jsonl").is_file() and any((run_dirs[0] / "tensorboard").iterdir())
+
+
+def test_published_adapter_loads_with_peft(tmp_path, tiny_folder):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert invoke("train", "model=tiny", "training.max_steps=2", f"artifact.root={tmp_path}", "artifact.name=t").exit_code == 0
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_folder), tmp_path / "t" / "v1")
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+def test_multirun_publishes_one_version_per_job(tmp_path):
+    result = invoke("train", "-m", "strategy=standard,finetune", "model=tiny", "training.max_steps=2",
+                    f"artifact.root={tmp_path}")
+    assert result.exit_code == 0, result.output
+    assert published_versions(tmp_path) == ["tiny-dialogue/v1", "tiny-dialogue/v2"]
+    strategies = {(tmp_path / v / "metadata.json").read_text().count('"finetune"') for v in published_versions(tmp_path)}
+    assert strategies == {0, 1}
+
+
+def bad_jsonl(tmp_path, text):
+    path = tmp_path / "data.jsonl"
+    path.write_text(text)
+    return f"data.train={path}"
+
+
+BAD_INPUTS = {
+    "malformed json": (lambda p: [bad_jsonl(p, '{"text": "a"}\n{"text": \n')], "data.jsonl line 2: not valid JSON"),
+    "missing field": (lambda p: [bad_jsonl(p, '{"txt": "a"}\n')], "data.jsonl line 1: expected a JSON object"),
+    "mistyped field": (lambda p: [bad_jsonl(p, '{"messages": "hi"}\n')], "`messages` must be a non-empty list"),
+    "empty file": (lambda p: [bad_jsonl(p, "")], "no examples (the file is empty)"),
+    "missing file": (lambda p: [f"data.train={p}/nope.jsonl"], "nope.jsonl: no such data file"),
+    "all loss tokens cut": (lambda p: ["training.max_length=8"], "lose every loss token"),
+    "text for dialogue": (lambda p: [bad_jsonl(p, '{"text": "a"}\n')], "model_type=dialogue needs conversations"),
+    "bad value": (lambda p: ["training.max_steps=abc"], "training.max_steps='abc': expected a whole number"),
+    "unknown key": (lambda p: ["training.max_step=3"], "max_step"),
+    "unknown option": (lambda p: ["strategy=sideways"], "sideways"),
+    "bad override syntax": (lambda p: ["training.max_steps=[1"], "training.max_steps"),
+    "missing model folder": (lambda p: [f"model.path={p}/no-model"], "no such model folder"),
+    "folder without config": (lambda p: [f"model.path={p}"], "no config.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_message_and_publishes_nothing(tmp_path, case):
+    overrides, expected = BAD_INPUTS[case]
+    root = tmp_path / "out"
+    result = invoke("train", "model=tiny", "training.max_steps=1", f"artifact.root={root}", *overrides(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert published_versions(root) == []
