@@ -6,6 +6,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -48,6 +49,22 @@ def train(ctx: typer.Context) -> None:
         os.environ["QRTRAIN_DEBUG"] = "1"
     try:
         code = run_hydra(args)
+    except QrtrainError as error:
+        fail(error)
+    raise typer.Exit(code)
+
+
+@app.command()
+def verify(
+    path: Path = typer.Argument(..., help="A version folder (outputs/NAME/v1) or an artifact folder (outputs/NAME: every version)."),
+    base: Path = typer.Option(None, "--base", help="Also check this base model folder against the hashes in metadata.json."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+) -> None:
+    """Check an artifact exactly against its manifest. Exit 0 verified, 1 a check failed, 2 usage or I/O error."""
+    from qrtrain.verify import verify as verify_artifact
+
+    try:
+        code = verify_artifact(path, base, as_json)
     except QrtrainError as error:
         fail(error)
     raise typer.Exit(code)

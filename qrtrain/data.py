@@ -181,12 +181,13 @@ def unify(sources: list[list[dict]]) -> list[list[dict]]:
 
 
 def load_datasets(cfg):
-    """(train, eval, description) as datasets.Dataset objects; eval may be None."""
+    """(train, eval, sources): datasets.Dataset objects (eval may be None) and [{path, role, rows}] per source."""
     from datasets import Dataset, interleave_datasets
 
     model_type = cfg.model_type.name
     paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / cfg.model_type.demo_train]
     sources = unify([load_source(p, model_type) for p in paths])
+    described = [{"path": str(p), "role": "train", "rows": len(rows)} for p, rows in zip(paths, sources)]
     datasets = [Dataset.from_list(rows) for rows in sources]
     if len(datasets) == 1:
         train = datasets[0]
@@ -197,8 +198,10 @@ def load_datasets(cfg):
                                     stopping_strategy="all_exhausted")
     if cfg.data.eval is not None:
         eval_set = Dataset.from_list(unify([load_source(Path(cfg.data.eval), model_type)])[0])
+        described.append({"path": str(cfg.data.eval), "role": "eval", "rows": len(eval_set)})
     elif cfg.data.train is None and cfg.model_type.demo_eval:
         eval_set = Dataset.from_list(load_source(DEMO_DIR / cfg.model_type.demo_eval, model_type))
+        described.append({"path": str(DEMO_DIR / cfg.model_type.demo_eval), "role": "eval", "rows": len(eval_set)})
     elif cfg.data.eval_fraction > 0 and len(train) >= 2:
         split = train.train_test_split(test_size=max(1, round(len(train) * cfg.data.eval_fraction)), seed=cfg.seed)
         train, eval_set = split["train"], split["test"]
@@ -207,7 +210,7 @@ def load_datasets(cfg):
     if len(train) == 0:
         raise QrtrainError(f"no training examples left in {', '.join(map(str, paths))} after the evaluation split; "
                            "add data or set data.eval_fraction=0")
-    return train, eval_set, [str(p) for p in paths]
+    return train, eval_set, described
 
 
 def token_report(dataset, tokenizer, max_length: int) -> dict:

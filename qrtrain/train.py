@@ -85,7 +85,7 @@ def train(cfg, run_dir: Path) -> float:
     from qrtrain.data import check_token_lengths, load_datasets
 
     check_config(cfg)
-    train_set, eval_set, data_paths = load_datasets(cfg)
+    train_set, eval_set, data_sources = load_datasets(cfg)
 
     quiet_libraries()
     from qrtrain import models
@@ -123,7 +123,8 @@ def train(cfg, run_dir: Path) -> float:
     if frozen_digest(model) != base_digest:
         raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
 
-    version = publish(cfg, trainer, tokenizer, metrics, data_paths, folder, device, base_digest)
+    version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
+    say(f"verify it with: qrtrain verify {version}")
     say(f"published {version}")
     print(version)
     return float(metrics.get("eval_loss", metrics["train_loss"]))
@@ -178,15 +179,16 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
     return trainer
 
 
-def publish(cfg, trainer, tokenizer, metrics: dict, data_paths: list[str], base_folder: Path, device: str,
+def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], base_folder: Path, device: str,
             base_digest: str) -> Path:
+    import hashlib
     import platform
     from datetime import datetime, timezone
 
     from omegaconf import OmegaConf
 
     from qrtrain.artifact import publish_version, staging_folder
-    from qrtrain.manifest import write_json
+    from qrtrain.manifest import build_manifest, sha256_file, write_json
 
     with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
         trainer.model.save_pretrained(staging)
@@ -194,22 +196,91 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_paths: list[str], base_
         (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
         write_json(staging / "training_metrics.json",
                    {"final": metrics, "history": [entry for entry in trainer.state.log_history]})
+        template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
         metadata = {
             "name": cfg.artifact.name,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "qrtrain_version": __version__,
-            "base_model": {"name": cfg.model.name, "path": str(cfg.model.path or base_folder)},
+            "git_commit": git_commit(),
+            "base_model": {
+                "name": cfg.model.name,
+                "path": str(cfg.model.path or base_folder),
+                "files": {p.name: sha256_file(p) for p in sorted(base_folder.iterdir())
+                          if p.suffix in (".safetensors", ".json", ".jinja", ".model", ".txt") and p.is_file()},
+            },
             "model_type": cfg.model_type.name,
             "strategy": cfg.strategy.name,
             "quantization": cfg.quantization.name,
-            "datasets": data_paths,
+            "datasets": [dict(source, sha256=sha256_file(Path(source["path"])) if Path(source["path"]).is_file()
+                              else build_manifest(Path(source["path"]))["root_digest"]) for source in data_sources],
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
             "seed": cfg.seed,
-            "device": device,
+            "device": device_description(device),
             "python": platform.python_version(),
             "libraries": library_versions(),
             "base_weights_check": {"frozen_parameters_sha256": base_digest, "unchanged": True},
         }
+        (staging / "README.md").write_text(model_card(cfg, metadata, metrics), encoding="utf-8")
         return publish_version(staging, metadata)
+
+
+def model_card(cfg, metadata: dict, metrics: dict) -> str:
+    """A Hugging Face model card: front matter, how it was made, how to load and verify it."""
+    eval_loss = metrics.get("eval_loss")
+    return f"""---
+library_name: peft
+base_model: {metadata['base_model']['path']}
+tags: [qrtrain, lora, {cfg.model_type.name}, {cfg.quantization.name}]
+---
+
+# {cfg.artifact.name}
+
+A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) for `{cfg.model.name}`, trained by qrtrain {__version__}
+with model_type={cfg.model_type.name}, strategy={cfg.strategy.name}, quantization={cfg.quantization.name},
+{metrics.get('global_step')} steps; final train loss {metrics.get('train_loss'):.4f}{f', eval loss {eval_loss:.4f}' if eval_loss is not None else ''}.
+
+## Load
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{metadata['base_model']['path']}")
+model = PeftModel.from_pretrained(base, "PATH_TO_THIS_FOLDER")
+tokenizer = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
+```
+
+## Verify
+
+```bash
+qrtrain verify PATH_TO_THIS_FOLDER                       # every file against checksums.json
+qrtrain verify PATH_TO_THIS_FOLDER --base BASE_FOLDER    # and the base model against metadata.json
+```
+
+`metadata.json` records the base model's file hashes, the data, the seed, the library versions and the device;
+`training_config.yaml` is the full resolved config.
+"""
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def device_description(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def library_versions() -> dict:
