@@ -70,6 +70,20 @@ def verify(
     raise typer.Exit(code)
 
 
+@app.command("list")
+def list_artifacts(
+    root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List artifacts and versions: created, base model, settings, eval loss, size, verified."""
+    from qrtrain.listing import list_versions, print_versions
+
+    try:
+        print_versions(list_versions(root), as_json)
+    except QrtrainError as error:
+        fail(error)
+
+
 def fail(error: QrtrainError) -> None:
     """Report a QrtrainError and exit with its code (the traceback too, with --debug)."""
     if os.environ.get("QRTRAIN_DEBUG"):

@@ -308,10 +308,9 @@ def print_results(results: list[dict], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"verified": all(r["verified"] for r in results), "versions": results}, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = table_console()
     for result in results:
         if result["verified"]:
             console.print(f"[green]verified[/] {result['path']}: {result['files']} files, root digest {result['root_digest']}")
@@ -322,6 +321,14 @@ def print_results(results: list[dict], as_json: bool) -> None:
         for problem in result["problems"]:
             table.add_row(str(problem["file"]), problem["check"], problem["message"])
         console.print(table)
+
+
+def table_console():
+    """A rich console for tables; off a terminal (CI logs) wide, so rows are not folded into narrow columns."""
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    return console if console.is_terminal else Console(highlight=False, soft_wrap=True, width=240)
 
 
 def verify(path: Path, base: Path | None = None, as_json: bool = False) -> int:
