@@ -32,7 +32,7 @@ test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow
 
 bench: $(STAMP)
-	$(PY) scripts/bench_cli.py
+	$(PY) scripts/bench_verify.py
 
 clean-cache:
 	rm -rf "$${QRTRAIN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/qrtrain}"
