@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     """Dequantize a GGUF model with transformers and save it as safetensors plus tokenizer (~16 s once)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    print(f"qrtrain: converting {gguf.name} once into the model cache ({cache_dir()}), ~16 s", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are plain float32 now; drop the GGUF loading note so the folder saves and loads as a standard model.

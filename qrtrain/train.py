@@ -124,8 +124,7 @@ def train(cfg, run_dir: Path) -> float:
         raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
 
     version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
-    say(f"verify it with: qrtrain verify {version}")
-    say(f"published {version}")
+    say(f"published {version}; check it with: qrtrain verify {version}")
     print(version)
     return float(metrics.get("eval_loss", metrics["train_loss"]))
 

@@ -303,9 +303,10 @@ def test_base_weight_change_fails_training_and_publishes_nothing(tmp_path, monke
     assert not list(tmp_path.glob("*/v*"))
 
 
-def test_list_shows_versions_and_their_state(version):
-    root = version.parent.parent
-    shutil.move(str(version.parent), str(root / "art"))
+def test_list_shows_versions_and_their_state(version, tmp_path):
+    root = tmp_path / "root"
+    (root / "art").mkdir(parents=True)
+    shutil.move(str(version), str(root / "art" / "v1"))
     shutil.copytree(root / "art" / "v1", root / "art" / "v2")
     (root / "art" / "v2" / "metadata.json").write_text("{}")
     rows = json.loads(invoke("list", "--root", root, "--json").output)
