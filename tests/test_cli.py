@@ -107,3 +107,24 @@ def test_bad_input_exits_2_with_message_and_publishes_nothing(tmp_path, case):
     assert expected in result.output
     assert "Traceback" not in result.output
     assert published_versions(root) == []
+
+
+def test_hydra_launchers_and_sweepers(tmp_path):
+    """Hydra's own plugins drive `train`: joblib and submitit_local launchers, the Optuna sweeper."""
+    common = ["model=tiny", "training.max_steps=2", "training.eval_steps=0"]
+    result = invoke("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "strategy=standard,finetune",
+                    *common, f"artifact.root={tmp_path / 'joblib'}")
+    assert result.exit_code == 0, result.output
+    assert published_versions(tmp_path / "joblib") == ["tiny-dialogue/v1", "tiny-dialogue/v2"]
+
+    result = invoke("train", "-m", "hydra/launcher=submitit_local", *common, f"artifact.root={tmp_path / 'submitit'}")
+    assert result.exit_code == 0, result.output
+    assert published_versions(tmp_path / "submitit") == ["tiny-dialogue/v1"]
+
+    result = invoke("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=minimize",
+                    "training.learning_rate=interval(1e-4,1e-2)", *common, f"artifact.root={tmp_path / 'optuna'}")
+    assert result.exit_code == 0, result.output
+    assert published_versions(tmp_path / "optuna") == ["tiny-dialogue/v1", "tiny-dialogue/v2"]
+    objective = json.loads((tmp_path / "optuna" / "tiny-dialogue" / "v1" / "training_metrics.json").read_text())["final"]
+    optimization = next((tmp_path / "optuna" / ".runs").rglob("optimization_results.yaml")).read_text()
+    assert "best_value" in optimization and "eval_loss" in objective
