@@ -54,6 +54,31 @@ def train(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def evaluate(
+    ctx: typer.Context,
+    target: Path = typer.Argument(..., help="An artifact version (outputs/NAME/v1), an artifact (latest version) or a model folder."),
+) -> None:
+    """Measure loss, perplexity and answer quality on an evaluation suite. Extra args: key=value overrides."""
+    from qrtrain.evaluate import evaluate as run_evaluation
+
+    try:
+        run_evaluation(target, list(ctx.args))
+    except QrtrainError as error:
+        fail(error)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def compare(ctx: typer.Context) -> None:
+    """Base vs retrieval vs adapters on the same questions, with confidence intervals. Args: key=value overrides."""
+    from qrtrain.compare import compare as run_comparison
+
+    try:
+        run_comparison(list(ctx.args))
+    except QrtrainError as error:
+        fail(error)
+
+
 @app.command()
 def verify(
     path: Path = typer.Argument(..., help="A version folder (outputs/NAME/v1) or an artifact folder (outputs/NAME: every version)."),
@@ -111,6 +136,11 @@ def main() -> None:
             raise
         report_error(error)
         sys.exit(error.exit_code)
+    except Exception as error:  # a bug or an unexpected failure: one line, the traceback with --debug
+        if os.environ.get("QRTRAIN_DEBUG"):
+            raise
+        report_error(QrtrainError(f"{type(error).__name__}: {error} (rerun with --debug for the traceback)"))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

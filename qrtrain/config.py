@@ -29,9 +29,14 @@ def compose(overrides: list[str] | None = None, config_name: str = "train"):
     """Compose a config with Hydra's compose API (for tests and for verbs that do not sweep)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        try:
+            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        except (HydraException, OmegaConfBaseException) as error:
+            raise QrtrainError(f"config: {str(error).splitlines()[0]} (overrides: {' '.join(overrides or []) or 'none'})") from None
 
 
 def _is_int(value) -> bool:

@@ -154,10 +154,10 @@ def load_tokenizer(folder: Path, model_type: str):
     return tokenizer
 
 
-def resolve_device(cfg) -> str:
+def resolve_device(device: str) -> str:
+    """auto: cuda when available, else cpu."""
     import torch
 
-    device = cfg.training.device
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -165,12 +165,12 @@ def resolve_device(cfg) -> str:
     return device
 
 
-def compute_dtype(cfg, device: str):
-    """float32 on CPU (no bf16 units here; 4-bit with bf16 compute is many times slower), bf16 on GPUs with it."""
+def compute_dtype(name: str, device: str):
+    """auto: float32 on CPU (no bf16 units here; 4-bit with bf16 compute is many times slower), bf16 on GPUs with it."""
     import torch
 
-    if cfg.training.dtype != "auto":
-        return getattr(torch, cfg.training.dtype)
+    if name != "auto":
+        return getattr(torch, name)
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32

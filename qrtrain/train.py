@@ -97,8 +97,8 @@ def train(cfg, run_dir: Path) -> float:
         f"{lengths['all_loss_tokens_cut']} dropped: no loss token left), "
         f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
 
-    device = models.resolve_device(cfg)
-    dtype = models.compute_dtype(cfg, device)
+    device = models.resolve_device(cfg.training.device)
+    dtype = models.compute_dtype(cfg.training.dtype, device)
     model = models.load_model(folder, cfg, device, dtype)
 
     from peft import get_peft_model

@@ -1,8 +1,20 @@
 """Shared fixtures: a private model cache, composed configs, the tiny model folder."""
 
 import os
+import sys
 
 import pytest
+
+# rouge-score imports absl, whose logging handler keeps the sys.stderr of import time. Hydra resets
+# logging at each run and closes every handler; absl's close() then closes that stream unless it is the
+# current sys.stderr, and under pytest + CliRunner it is pytest's capture file. Outside tests
+# sys.stderr never changes, so this is test-only: point absl at the real stderr, which it never closes.
+try:
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+except ImportError:
+    pass
 
 
 @pytest.fixture(scope="session", autouse=True)
