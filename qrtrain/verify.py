@@ -29,10 +29,12 @@ METADATA_SCHEMA = {"name": str, "version": str, "created": str, "qrtrain_version
 
 
 def verify_path(path: Path, base: Path | None = None) -> list[dict]:
-    """Results for a version folder, or for every version of an artifact folder."""
+    """Results for a version folder, every version of an artifact folder, or a bundle (.tar.gz)."""
     path = Path(path)
     if not path.exists():
         raise QrtrainError(f"{path}: no such file or folder")
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        return [verify_contents(str(path), bundle_contents(path), base)]
     if path.is_dir() and (path / MANIFEST_NAME).exists():
         return [verify_version(path, base)]
     if path.is_dir():
@@ -41,55 +43,126 @@ def verify_path(path: Path, base: Path | None = None) -> list[dict]:
         if not versions:
             raise QrtrainError(f"{path}: neither a version folder (no {MANIFEST_NAME}) nor an artifact folder (no v<N> inside)")
         return [verify_version(v, base) for v in versions]
-    raise QrtrainError(f"{path}: expected an artifact version folder or an artifact name folder")
+    raise QrtrainError(f"{path}: expected an artifact version folder, an artifact name folder or a .tar.gz bundle")
 
 
 def verify_version(folder: Path, base: Path | None = None) -> dict:
+    return verify_contents(str(folder), folder_contents(Path(folder)), base)
+
+
+def folder_contents(folder: Path) -> dict:
+    """What verify reads of a folder: file sizes, and ways to hash, read and read the head of a file."""
+    problems, files = [], {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                problems.append((relative, "file-set", "symbolic link (not allowed in an artifact)"))
+            elif name in filenames and not path.is_file():
+                problems.append((relative, "file-set", "not a regular file"))
+            elif name in filenames:
+                files[relative] = path.stat().st_size
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+
+    def head(relative: str, count: int) -> bytes:
+        with open(folder / relative, "rb") as f:
+            return f.read(count)
+
+    return {"files": files, "problems": problems, "sha256": lambda r: sha256_file(folder / r),
+            "read": lambda r: (folder / r).read_bytes(), "head": head}
+
+
+def bundle_contents(path: Path) -> dict:
+    """The same view of a .tar.gz bundle, read in one streaming pass without writing to disk.
+
+    Members must sit under one top folder; absolute paths, '..', links and devices are problems."""
+    import hashlib
+    import tarfile
+
+    problems, files, digests, small, heads = [], {}, {}, {}, {}
+    top = None
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if member.name.startswith("/") or ".." in parts or not parts:
+                    problems.append((member.name, "bundle", "unsafe member path (absolute or '..')"))
+                    continue
+                top = top or parts[0]
+                if parts[0] != top:
+                    problems.append((member.name, "bundle", f"outside the bundle's top folder {top}/"))
+                    continue
+                relative = "/".join(parts[1:])
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    problems.append((relative or member.name, "bundle", "link or special file (not allowed)"))
+                    continue
+                stream = tar.extractfile(member)
+                digest, first = hashlib.sha256(), b""
+                while chunk := stream.read(1 << 20):
+                    digest.update(chunk)
+                    if len(first) < MAX_HEADER + 8 and (relative.endswith(".safetensors") or member.size <= 16 << 20):
+                        first += chunk
+                files[relative], digests[relative] = member.size, digest.hexdigest()
+                if member.size <= 16 << 20:
+                    small[relative] = first
+                heads[relative] = first
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise QrtrainError(f"{path}: not a readable .tar.gz bundle ({error})") from None
+    return {"files": files, "problems": problems, "sha256": digests.__getitem__,
+            "read": small.__getitem__, "head": lambda r, count: heads[r][:count]}
+
+
+def verify_contents(label: str, contents: dict, base: Path | None = None) -> dict:
     """Every check of one version; `problems` lists each failure as {file, check, message}."""
     problems: list[dict] = []
 
     def fail(file, check: str, message: str) -> None:
         problems.append({"file": file, "check": check, "message": message})
 
-    manifest = read_manifest(folder, fail)
-    files_on_disk = list_files(folder, fail)
-    entries = {}
+    for problem in contents["problems"]:
+        fail(*problem)
+    on_disk = dict(contents["files"])
+    manifest = read_manifest(contents, fail) if on_disk.pop(MANIFEST_NAME, None) is not None else None
+    if manifest is None and not any(p["file"] == MANIFEST_NAME for p in problems):
+        fail(MANIFEST_NAME, "manifest", "missing or not a regular file")
     if manifest is not None:
         entries = {e["path"]: e for e in manifest["files"]}
-        check_file_set(folder, entries, files_on_disk, fail)
+        check_file_set(contents, entries, on_disk, fail)
         for relative, entry in entries.items():
-            if relative in files_on_disk:
-                check_file(folder / relative, entry, fail)
-    for relative in files_on_disk:
+            if relative in on_disk:
+                check_file(contents, relative, entry, fail)
+    for relative in on_disk:
         if relative.lower().endswith(PICKLE_SUFFIXES):
             fail(relative, "no-pickle", "pickle-based file: such files can run code when loaded; use safetensors")
-    metadata = check_metadata(folder / "metadata.json", fail) if "metadata.json" in files_on_disk else None
-    if "metadata.json" not in files_on_disk:
+    metadata = check_metadata(contents, fail) if "metadata.json" in on_disk else None
+    if "metadata.json" not in on_disk:
         fail("metadata.json", "metadata", "missing")
-    tensors = None
-    if "adapter_model.safetensors" in files_on_disk:
-        tensors = check_safetensors(folder / "adapter_model.safetensors", "adapter_model.safetensors", fail)
-    else:
-        fail("adapter_model.safetensors", "adapter", "missing")
-    if "adapter_config.json" in files_on_disk and tensors is not None:
-        check_adapter_config(folder / "adapter_config.json", tensors, fail)
-    elif "adapter_config.json" not in files_on_disk:
-        fail("adapter_config.json", "adapter", "missing")
+    package_format = ((metadata or {}).get("package") or {}).get("format")
+    tensors = {r: check_safetensors(contents, r, fail) for r in on_disk if r.endswith(".safetensors")}
+    if package_format not in ("merged", "ollama"):
+        if "adapter_model.safetensors" not in on_disk:
+            fail("adapter_model.safetensors", "adapter", "missing")
+        if "adapter_config.json" not in on_disk:
+            fail("adapter_config.json", "adapter", "missing")
+        elif tensors.get("adapter_model.safetensors") is not None:
+            check_adapter_config(contents, tensors["adapter_model.safetensors"], fail)
     if base is not None and metadata is not None:
         check_base(Path(base), metadata, fail)
-    return {"path": str(folder), "verified": not problems, "files": len(files_on_disk),
+    return {"path": label, "verified": not problems, "files": len(on_disk),
             "root_digest": manifest["root_digest"] if manifest else None, "problems": problems}
 
 
-def read_manifest(folder: Path, fail) -> dict | None:
-    path = folder / MANIFEST_NAME
-    if path.is_symlink() or not path.is_file():
-        fail(MANIFEST_NAME, "manifest", "missing or not a regular file")
-        return None
+def read_manifest(contents: dict, fail) -> dict | None:
     try:
-        manifest = json.loads(path.read_bytes().decode("utf-8"))
+        manifest = json.loads(contents["read"](MANIFEST_NAME).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         fail(MANIFEST_NAME, "manifest", f"not valid JSON ({error})")
+        return None
+    except (OSError, KeyError):
+        fail(MANIFEST_NAME, "manifest", "cannot be read")
         return None
     if not isinstance(manifest, dict):
         fail(MANIFEST_NAME, "manifest", "expected a JSON object")
@@ -125,29 +198,12 @@ def read_manifest(folder: Path, fail) -> dict | None:
     return manifest
 
 
-def list_files(folder: Path, fail) -> set[str]:
-    """Regular files below the folder (the manifest itself excluded); links and other oddities fail."""
-    found = set()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            relative = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                fail(relative, "file-set", "symbolic link (not allowed in an artifact)")
-            elif name in filenames and not path.is_file():
-                fail(relative, "file-set", "not a regular file")
-            elif name in filenames and relative != MANIFEST_NAME:
-                found.add(relative)
-        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
-    return found
-
-
-def check_file_set(folder: Path, entries: dict, on_disk: set[str], fail) -> None:
-    """The files on disk equal the manifest: missing, extra and renamed files are named."""
+def check_file_set(contents: dict, entries: dict, on_disk: dict, fail) -> None:
+    """The files present equal the manifest: missing, extra and renamed files are named."""
     missing = sorted(p for p in entries if p not in on_disk)
-    extra = sorted(on_disk - set(entries))
+    extra = sorted(set(on_disk) - set(entries))
     sizes = {entries[m]["size"] for m in missing}
-    extra_hashes = {p: sha256_file(folder / p) for p in extra if (folder / p).stat().st_size in sizes}
+    extra_hashes = {p: contents["sha256"](p) for p in extra if on_disk[p] in sizes}
     renamed_to = set()
     for relative in missing:
         renamed = next((p for p, h in extra_hashes.items() if h == entries[relative]["sha256"] and p not in renamed_to), None)
@@ -161,23 +217,22 @@ def check_file_set(folder: Path, entries: dict, on_disk: set[str], fail) -> None
             fail(relative, "file-set", "not listed in the manifest (extra file)")
 
 
-def check_file(path: Path, entry: dict, fail) -> None:
-    relative = entry["path"]
+def check_file(contents: dict, relative: str, entry: dict, fail) -> None:
+    size = contents["files"][relative]
+    if size != entry["size"]:
+        fail(relative, "size", f"size {size} bytes, manifest says {entry['size']}")
+        return
     try:
-        size = path.stat().st_size
-        if size != entry["size"]:
-            fail(relative, "size", f"size {size} bytes, manifest says {entry['size']}")
-            return
-        if sha256_file(path) != entry["sha256"]:
+        if contents["sha256"](relative) != entry["sha256"]:
             fail(relative, "sha256", "sha256 differs from the manifest (the file changed)")
     except OSError as error:
         fail(relative, "read", f"cannot read: {error.strerror}")
 
 
-def check_metadata(path: Path, fail) -> dict | None:
+def check_metadata(contents: dict, fail) -> dict | None:
     try:
-        metadata = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        metadata = json.loads(contents["read"]("metadata.json").decode("utf-8"))
+    except (OSError, KeyError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         fail("metadata.json", "metadata", f"not valid JSON ({error})")
         return None
     if not isinstance(metadata, dict):
@@ -191,22 +246,21 @@ def check_metadata(path: Path, fail) -> dict | None:
     return metadata
 
 
-def check_safetensors(path: Path, relative: str, fail) -> dict | None:
+def check_safetensors(contents: dict, relative: str, fail) -> dict | None:
     """Parse the header by hand: dtypes, shapes and offsets consistent, ranges contiguous, size exact."""
+    size = contents["files"][relative]
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                fail(relative, "safetensors", "truncated: shorter than the 8-byte header length")
-                return None
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(MAX_HEADER, size - 8):
-                fail(relative, "safetensors", f"header length {header_len} exceeds the file ({size} bytes)")
-                return None
-            raw = f.read(header_len)
-    except OSError as error:
-        fail(relative, "read", f"cannot read: {error.strerror}")
+        head = contents["head"](relative, 8)
+        if len(head) < 8:
+            fail(relative, "safetensors", "truncated: shorter than the 8-byte header length")
+            return None
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(MAX_HEADER, size - 8):
+            fail(relative, "safetensors", f"header length {header_len} exceeds the file ({size} bytes)")
+            return None
+        raw = contents["head"](relative, 8 + header_len)[8:]
+    except (OSError, KeyError) as error:
+        fail(relative, "read", f"cannot read: {error}")
         return None
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -247,11 +301,11 @@ def check_safetensors(path: Path, relative: str, fail) -> dict | None:
     return tensors
 
 
-def check_adapter_config(path: Path, tensors: dict, fail) -> None:
+def check_adapter_config(contents: dict, tensors: dict, fail) -> None:
     """adapter_config.json agrees with the tensors: LoRA, targets, ranks."""
     try:
-        config = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        config = json.loads(contents["read"]("adapter_config.json").decode("utf-8"))
+    except (OSError, KeyError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         fail("adapter_config.json", "adapter", f"not valid JSON ({error})")
         return
     if not isinstance(config, dict) or config.get("peft_type") != "LORA" or type(config.get("r")) is not int:

@@ -38,3 +38,27 @@ def test_console_script_bad_input_exit_code(tmp_path):
                              f"artifact.root={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "missing.jsonl: no such data file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_demo_end_to_end_shape(tmp_path, user_cache):
+    """make demo's training, then evaluate and compare: base near zero, retrieval high, adapter clearly above base."""
+    qrtrain = Path(sys.executable).parent / "qrtrain"
+    env = {k: v for k, v in os.environ.items() if k != "QRTRAIN_CACHE"}
+
+    def run(*args):
+        result = subprocess.run([str(qrtrain), *args], capture_output=True, text=True, env=env, timeout=1800)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    run("train", f"artifact.root={tmp_path}")
+    version = tmp_path / "smollm2-135m-instruct-dialogue" / "v1"
+    run("evaluate", str(version), f"output_dir={tmp_path / 'eval'}")
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]
+    assert report["keyword_accuracy"]["mean"] >= 0.4 and report["perplexity"]["mean"] < 5
+    run("compare", f"artifact.root={tmp_path}", f"output_dir={tmp_path / 'cmp'}")
+    systems = {s["system"]: s["metrics"] for s in json.loads((tmp_path / "cmp" / "comparison.json").read_text())["systems"]}
+    base, rag = systems["base"]["keyword_accuracy"], systems["rag"]["keyword_accuracy"]
+    adapter = systems["smollm2-135m-instruct-dialogue/v1"]["keyword_accuracy"]
+    assert base["mean"] <= 0.1
+    assert rag["mean"] >= 0.5
+    assert adapter["mean"] >= base["mean"] + 0.3 and adapter["ci95"][0] > base["ci95"][1]
