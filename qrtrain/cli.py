@@ -79,6 +79,37 @@ def compare(ctx: typer.Context) -> None:
         fail(error)
 
 
+@app.command("package")
+def package_artifact(
+    target: Path = typer.Argument(..., help="An artifact version (outputs/NAME/v1) or artifact (its latest version)."),
+    fmt: str = typer.Option(..., "--format", help="bundle | hf | merged | ollama"),
+    output: Path = typer.Option(None, "--output", help="Where to write; default ./NAME-vN-FORMAT[.tar.gz]."),
+    base: Path = typer.Option(None, "--base", help="The base model folder (default: the one in metadata.json)."),
+) -> None:
+    """Package a verified version: a bundle, a Hub folder, a merged model or an Ollama adapter."""
+    from qrtrain.package import package
+
+    try:
+        out = package(target, fmt, output, base)
+    except QrtrainError as error:
+        fail(error)
+    typer.echo(str(out))
+
+
+@app.command()
+def unpack(
+    bundle: Path = typer.Argument(..., help="A bundle written by qrtrain package --format bundle."),
+    dest: Path = typer.Argument(..., help="The folder to extract into."),
+) -> None:
+    """Extract a bundle safely: absolute paths, '..', links and devices are refused before anything is written."""
+    from qrtrain.package import unpack as unpack_bundle
+
+    try:
+        typer.echo(str(unpack_bundle(bundle, dest)))
+    except QrtrainError as error:
+        fail(error)
+
+
 @app.command()
 def verify(
     path: Path = typer.Argument(..., help="A version folder (outputs/NAME/v1) or an artifact folder (outputs/NAME: every version)."),
