@@ -17,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from qrtrain.manifest import write_json, write_manifest
+from qrtrain.manifest import fsync_dir, fsync_tree, write_json, write_manifest
 
 VERSION_RE = re.compile(r"v(\d+)")
 LATEST_NAME = "latest"
@@ -51,11 +51,11 @@ def publish_version(staging: Path, metadata: dict) -> Path:
         number = (versions(name_dir) or [0])[-1] + 1
         write_json(staging / "metadata.json", {**metadata, "version": f"v{number}"})
         write_manifest(staging)
-        _fsync_tree(staging)
+        fsync_tree(staging)
         final = name_dir / f"v{number}"
         os.rename(staging, final)
         _write_latest(name_dir, f"v{number}")
-        _fsync_dir(name_dir)
+        fsync_dir(name_dir)
     return final
 
 
@@ -66,19 +66,3 @@ def _write_latest(name_dir: Path, version: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, name_dir / LATEST_NAME)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -92,6 +92,11 @@ def check_config(cfg) -> None:
              f"null or a list of {len(sources)} positive numbers, one per data.train source")
     need("artifact.name", isinstance(cfg.artifact.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.artifact.name) is not None,
          "a name of letters, digits, '.', '_' and '-', e.g. my-adapter")
+    ck = cfg.checkpoint
+    need("checkpoint.every_steps", _is_int(ck.every_steps) and ck.every_steps >= 0, "a whole number, 0 or more")
+    need("checkpoint.keep_last", _is_int(ck.keep_last) and ck.keep_last >= 1, "a whole number, 1 or more")
+    need("checkpoint.greater_is_better", isinstance(ck.greater_is_better, bool), "true or false")
+    need("resume", isinstance(cfg.resume, str) and cfg.resume != "", "auto, never or a checkpoint folder")
     need("artifact.root", isinstance(cfg.artifact.root, str) and cfg.artifact.root != "", "a folder path")
 
     if problems:

@@ -240,3 +240,11 @@ def check_token_lengths(train, tokenizer, max_length: int) -> dict:
         raise QrtrainError(f"all {report['examples']} training examples lose every loss token to "
                            f"training.max_length={max_length}; raise training.max_length or shorten the prompts")
     return report
+
+
+def hash_sources(sources: list[dict]) -> list[dict]:
+    """Each source with the sha256 of its file (or the root digest of a dataset folder)."""
+    from qrtrain.manifest import build_manifest, sha256_file
+
+    return [dict(s, sha256=sha256_file(Path(s["path"])) if Path(s["path"]).is_file()
+                 else build_manifest(Path(s["path"]))["root_digest"]) for s in sources]

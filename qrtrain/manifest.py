@@ -52,3 +52,20 @@ def write_json(path: Path, data) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file below a folder, and the folder itself, to disk."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

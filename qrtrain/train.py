@@ -9,7 +9,9 @@ untouched -> publish.
 """
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -82,13 +84,21 @@ def hydra_task(cfg) -> float:
 
 def train(cfg, run_dir: Path) -> float:
     from qrtrain.config import check_config
-    from qrtrain.data import check_token_lengths, load_datasets
+    from qrtrain.data import check_token_lengths, hash_sources, load_datasets
 
     check_config(cfg)
+    check_writable(Path(cfg.artifact.root))
     train_set, eval_set, data_sources = load_datasets(cfg)
+    data_sources = hash_sources(data_sources)
 
     quiet_libraries()
-    from qrtrain import models
+    from transformers import set_seed
+
+    from qrtrain import checkpoints, models
+
+    result_config = checkpoints.result_config(cfg, data_sources)
+    checkpoint_dir = checkpoints.checkpoints_folder(cfg, result_config)
+    resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
 
     folder = models.model_folder(cfg.model)
     tokenizer = models.load_tokenizer(folder, cfg.model_type.name)
@@ -99,6 +109,7 @@ def train(cfg, run_dir: Path) -> float:
 
     device = models.resolve_device(cfg.training.device)
     dtype = models.compute_dtype(cfg.training.dtype, device)
+    set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
     model = models.load_model(folder, cfg, device, dtype)
 
     from peft import get_peft_model
@@ -111,9 +122,21 @@ def train(cfg, run_dir: Path) -> float:
     say(f"model: {folder.name} on {device} ({str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
         f"{trainable:,} of {total:,} parameters trainable (LoRA only)")
 
-    trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype)
+    stop = checkpoints.StopOnSignal()
+    trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype,
+                            checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop)
+    if resume_from is not None:
+        say(f"resuming from step {resume_from.name.split('-')[1]} ({resume_from})")
     started = time.time()
-    result = trainer.train()
+    stop.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stop.uninstall()
+    if stop.exit_code is not None:
+        saved = checkpoints.complete_checkpoints(checkpoint_dir)
+        where = f"checkpoint saved at step {trainer.state.global_step} ({saved[-1]})" if saved else "no checkpoint saved"
+        report_interrupt(where, stop.exit_code)
     metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
                "global_step": trainer.state.global_step,
                "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)}
@@ -124,23 +147,53 @@ def train(cfg, run_dir: Path) -> float:
         raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
 
     version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the training is done: its checkpoints served their purpose
     say(f"published {version}; check it with: qrtrain verify {version}")
     print(version)
     return float(metrics.get("eval_loss", metrics["train_loss"]))
 
 
-def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype):
+def report_interrupt(where: str, code: int) -> None:
+    """Say how to resume after SIGINT/SIGTERM and exit 130/143."""
+    from qrtrain.cli import report_error
+
+    overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
+    report_error(QrtrainError(f"interrupted: {where}; resume with: qrtrain train {' '.join(overrides)}".rstrip()))
+    sys.exit(code)
+
+
+def check_writable(root: Path) -> None:
+    """Fail before training, not after, when the artifact root cannot be written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise QrtrainError(f"artifact.root={root} is not writable ({error.strerror}); choose another "
+                           "artifact.root or fix its permissions") from None
+
+
+def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype,
+                  checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None):
     import torch
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    from qrtrain.checkpoints import PARTIAL, AtomicCheckpoints
     from qrtrain.progress import MetricsFile, RichProgress, tensorboard_callback
     from qrtrain.strategy import build_optimizer
 
     t = cfg.training
     evaluate_every = eval_set is not None and t.eval_steps > 0
+    saving = checkpoint_dir is not None and cfg.checkpoint.every_steps > 0
+    callbacks = [RichProgress(), MetricsFile(run_dir / "metrics.jsonl"), tensorboard_callback(run_dir / "tensorboard")]
+    if saving:
+        callbacks.append(AtomicCheckpoints(checkpoint_dir, result_config, cfg.checkpoint.keep_last,
+                                           cfg.checkpoint.best_metric, cfg.checkpoint.greater_is_better))
+    if stop is not None:
+        callbacks.append(stop)
     args = SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(checkpoint_dir / PARTIAL) if saving else str(run_dir / "checkpoints"),
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -160,7 +213,8 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         logging_steps=t.logging_steps,
         eval_strategy="steps" if evaluate_every else "no",
         eval_steps=t.eval_steps if evaluate_every else None,
-        save_strategy="no",
+        save_strategy="steps" if saving else "no",
+        save_steps=cfg.checkpoint.every_steps if saving else None,
         report_to="none",
         disable_tqdm=True,
         dataset_num_proc=None,
@@ -172,7 +226,7 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         eval_dataset=eval_set,
         processing_class=tokenizer,
         optimizers=(build_optimizer(model, cfg), None),
-        callbacks=[RichProgress(), MetricsFile(run_dir / "metrics.jsonl"), tensorboard_callback(run_dir / "tensorboard")],
+        callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -187,7 +241,7 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
     from omegaconf import OmegaConf
 
     from qrtrain.artifact import publish_version, staging_folder
-    from qrtrain.manifest import build_manifest, sha256_file, write_json
+    from qrtrain.manifest import sha256_file, write_json
 
     with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
         trainer.model.save_pretrained(staging)
@@ -210,8 +264,7 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
             "model_type": cfg.model_type.name,
             "strategy": cfg.strategy.name,
             "quantization": cfg.quantization.name,
-            "datasets": [dict(source, sha256=sha256_file(Path(source["path"])) if Path(source["path"]).is_file()
-                              else build_manifest(Path(source["path"]))["root_digest"]) for source in data_sources],
+            "datasets": data_sources,
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
             "seed": cfg.seed,
             "device": device_description(device),
@@ -312,6 +365,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft|transformers|trl|torch")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     datasets.disable_progress_bars()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
