@@ -58,6 +58,7 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
     if suffix == ".parquet":
         from datasets import Dataset
 
+        quiet_datasets()
         try:
             dataset = Dataset.from_parquet(str(path))
         except Exception as error:
@@ -67,9 +68,20 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
                        "or a folder saved with datasets.Dataset.save_to_disk")
 
 
+def quiet_datasets() -> None:
+    """datasets logs its own errors too; qrtrain reports them once, with the file name."""
+    import logging
+
+    import datasets
+
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
+    datasets.disable_progress_bars()
+
+
 def _read_saved_dataset(path: Path) -> list[tuple[str, object]]:
     from datasets import DatasetDict, load_from_disk
 
+    quiet_datasets()
     try:
         dataset = load_from_disk(str(path))
     except Exception as error:

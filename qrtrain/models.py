@@ -143,10 +143,20 @@ def training_chat_template(tokenizer) -> str | None:
                            "or use model_type=standard with prompt/completion data") from None
 
 
+def model_load_error(folder: Path, error: Exception) -> QrtrainError:
+    return QrtrainError(f"could not load the model from {folder}: {type(error).__name__}: {str(error).splitlines()[0]}; "
+                        "the folder is incomplete or corrupt: replace it, or clear the cache (make clean-cache) "
+                        "if it is qrtrain's converted copy")
+
+
 def load_tokenizer(folder: Path, model_type: str):
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        raise model_load_error(folder, error) from None
     if model_type == "dialogue":
         template = training_chat_template(tokenizer)
         if template is not None:
@@ -195,6 +205,7 @@ def quantization_config(cfg, dtype):
 
 def load_model(folder: Path, cfg, device: str, dtype):
     """Load the base model, quantized when the config says so, with the given compute dtype."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     quant = quantization_config(cfg, dtype)
@@ -203,8 +214,8 @@ def load_model(folder: Path, cfg, device: str, dtype):
         kwargs["device_map"] = {"": 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError) as error:
-        raise QrtrainError(f"could not load the model from {folder}: {error}") from None
+    except (OSError, ValueError, KeyError, SafetensorError) as error:
+        raise model_load_error(folder, error) from None
     if quant is not None:
         from peft import prepare_model_for_kbit_training
 

@@ -33,6 +33,7 @@ def run_hydra(overrides: list[str]) -> int:
     if os.environ.get("QRTRAIN_DEBUG"):
         os.environ["HYDRA_FULL_ERROR"] = "1"
     check_override_syntax(overrides)
+    check_writable(Path(artifact_root(overrides)))  # Hydra creates its run folder there first
     sys.argv = ["qrtrain train", *overrides]
     main = hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(hydra_task)
     try:
@@ -58,6 +59,19 @@ def check_override_syntax(overrides: list[str]) -> None:
         except OverrideParseException as error:
             raise QrtrainError(f"override {token!r} is not valid Hydra syntax ({error.message.splitlines()[0]}); "
                                "write key=value, lists as key=[a,b], quote values with spaces") from None
+
+
+def artifact_root(overrides: list[str]) -> str:
+    """artifact.root as the overrides set it (the last plain value), else the default."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    root = "outputs"
+    for token in overrides:
+        if token.startswith("artifact.root="):
+            override = OverridesParser.create().parse_overrides([token])[0]
+            if not override.is_sweep_override() and isinstance(override.value(), str):
+                root = override.value()
+    return root
 
 
 def hydra_task(cfg) -> float:
@@ -146,7 +160,12 @@ def train(cfg, run_dir: Path) -> float:
     if frozen_digest(model) != base_digest:
         raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
 
-    version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
+    try:
+        version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
+    except OSError as error:
+        raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
+                           "nothing was published and earlier versions are untouched; free space or choose "
+                           "another artifact.root, then run the same command to resume", exit_code=1) from None
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the training is done: its checkpoints served their purpose
     say(f"published {version}; check it with: qrtrain verify {version}")
     print(version)

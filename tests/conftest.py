@@ -1,5 +1,6 @@
 """Shared fixtures: a private model cache, composed configs, the tiny model folder."""
 
+import logging
 import os
 import sys
 
@@ -15,6 +16,23 @@ try:
     absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 except ImportError:
     pass
+
+
+@pytest.fixture(autouse=True)
+def log_to_real_stderr():
+    """HF libraries bind their log handlers to the sys.stderr of their first use; under CliRunner that
+    stream is closed after each invocation, and a later log line would print a logging error."""
+    import datasets.utils.logging
+    import transformers.utils.logging
+
+    for library in (datasets.utils.logging, transformers.utils.logging):
+        library.get_logger()  # configures the library's handler
+    for ref in list(logging._handlerList):
+        handler = ref()
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, (logging.FileHandler, logging._StderrHandler)):
+            if handler.stream not in (sys.__stderr__, sys.__stdout__):
+                handler.stream = sys.__stderr__  # not setStream: it flushes the old, possibly closed, stream
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)
