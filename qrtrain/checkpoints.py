@@ -20,6 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from qrtrain.errors import QrtrainError
+from qrtrain.extensions import save_states
 from qrtrain.manifest import fsync_dir, fsync_tree
 
 COMPLETE = ".complete"
@@ -115,8 +116,9 @@ def check_checkpoint(checkpoint: Path, config: dict) -> None:
 class AtomicCheckpoints(TrainerCallback):
     """Move each checkpoint the Trainer finished writing into place, mark it complete, rotate."""
 
-    def __init__(self, folder: Path, config: dict, keep_last: int, best_metric: str | None, greater_is_better: bool):
-        self.folder, self.config = Path(folder), config
+    def __init__(self, folder: Path, config: dict, keep_last: int, best_metric: str | None, greater_is_better: bool,
+                 extensions: dict | None = None):
+        self.folder, self.config, self.extensions = Path(folder), config, extensions or {}
         self.keep_last, self.best_metric, self.greater_is_better = keep_last, best_metric, greater_is_better
         self.scores: dict[int, float] = {}
         self.latest_metric = None
@@ -131,6 +133,7 @@ class AtomicCheckpoints(TrainerCallback):
         written = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         final = self.folder / written.name
         (written / RUN_CONFIG).write_text(json.dumps(self.config, sort_keys=True, default=str))
+        save_states(self.extensions, written)
         fsync_tree(written)
         if final.exists():
             shutil.rmtree(final)

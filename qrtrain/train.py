@@ -136,10 +136,15 @@ def train(cfg, run_dir: Path) -> float:
     say(f"model: {folder.name} on {device} ({str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
         f"{trainable:,} of {total:,} parameters trainable (LoRA only)")
 
+    from qrtrain.extensions import build_extensions, load_states
+
+    extensions = build_extensions(cfg)
     stop = checkpoints.StopOnSignal()
     trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype,
-                            checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop)
+                            checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop,
+                            extensions=extensions)
     if resume_from is not None:
+        load_states(extensions, resume_from)
         say(f"resuming from step {resume_from.name.split('-')[1]} ({resume_from})")
     started = time.time()
     stop.install()
@@ -193,7 +198,8 @@ def check_writable(root: Path) -> None:
 
 
 def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype,
-                  checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None):
+                  checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None,
+                  extensions: dict | None = None):
     import torch
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -205,10 +211,13 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
     t = cfg.training
     evaluate_every = eval_set is not None and t.eval_steps > 0
     saving = checkpoint_dir is not None and cfg.checkpoint.every_steps > 0
-    callbacks = [RichProgress(), MetricsFile(run_dir / "metrics.jsonl"), tensorboard_callback(run_dir / "tensorboard")]
+    extensions = extensions or {}
+    # extensions first: what they add to the logs reaches metrics.jsonl and TensorBoard
+    callbacks = [RichProgress(), *extensions.values(), MetricsFile(run_dir / "metrics.jsonl"),
+                 tensorboard_callback(run_dir / "tensorboard")]
     if saving:
         callbacks.append(AtomicCheckpoints(checkpoint_dir, result_config, cfg.checkpoint.keep_last,
-                                           cfg.checkpoint.best_metric, cfg.checkpoint.greater_is_better))
+                                           cfg.checkpoint.best_metric, cfg.checkpoint.greater_is_better, extensions))
     if stop is not None:
         callbacks.append(stop)
     args = SFTConfig(
@@ -260,6 +269,7 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
     from omegaconf import OmegaConf
 
     from qrtrain.artifact import publish_version, staging_folder
+    from qrtrain.extensions import describe as describe_extensions
     from qrtrain.manifest import sha256_file, write_json
 
     with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
@@ -290,6 +300,7 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
             "python": platform.python_version(),
             "libraries": library_versions(),
             "base_weights_check": {"frozen_parameters_sha256": base_digest, "unchanged": True},
+            "extensions": describe_extensions(cfg),
         }
         (staging / "README.md").write_text(model_card(cfg, metadata, metrics), encoding="utf-8")
         return publish_version(staging, metadata)

@@ -29,7 +29,8 @@ def log_to_real_stderr():
         library.get_logger()  # configures the library's handler
     for ref in list(logging._handlerList):
         handler = ref()
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, (logging.FileHandler, logging._StderrHandler)):
+        if (isinstance(handler, logging.StreamHandler) and type(handler).__module__.startswith(("logging", "hydra"))
+                and not isinstance(handler, (logging.FileHandler, logging._StderrHandler))):
             if handler.stream not in (sys.__stderr__, sys.__stdout__):
                 handler.stream = sys.__stderr__  # not setStream: it flushes the old, possibly closed, stream
     yield
