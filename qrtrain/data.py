@@ -130,23 +130,44 @@ def row_problem(row: object) -> str | None:
             return f"messages[{i}] must be an object with `role` and `content`"
         if message["role"] not in ROLES:
             return f"messages[{i}].role is {message['role']!r}; expected one of {', '.join(ROLES)}"
-        if not isinstance(message["content"], str):
-            return f"messages[{i}].content must be a string, got {type(message['content']).__name__}"
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        content = message["content"]
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not (isinstance(part, dict) and (part.get("type") == "image" or
+                                                    (part.get("type") == "text" and isinstance(part.get("text"), str)))):
+                    return f"messages[{i}].content[{j}] must be {{type: image}} or {{type: text, text: ...}}"
+        elif not isinstance(content, str):
+            return f"messages[{i}].content must be a string (or a list of parts), got {type(content).__name__}"
+    if not any(m["role"] == "assistant" and message_text(m).strip() for m in messages):
         return "the conversation has no assistant turn with content, so nothing would be learned from it"
     return None
+
+
+def message_text(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+
+def image_parts(messages: list[dict]) -> int:
+    return sum(1 for m in messages if isinstance(m["content"], list) for p in m["content"] if p.get("type") == "image")
 
 
 def _nonempty_str(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def to_training_row(row: dict, model_type: str, where: str) -> dict:
+def to_training_row(row: dict, model_type: str, where: str, folder: Path = Path(".")) -> dict:
     """One example in the format TRL expects for this model type."""
     kind = row_format(row)
+    has_images = bool(row.get("images")) or (kind == "messages" and image_parts(row["messages"]) > 0)
+    if model_type == "multimodal":
+        return multimodal_row(row, where, folder)
+    if has_images:
+        raise QrtrainError(f"{where}: the example has images; use model_type=multimodal with a vision-language "
+                           "model (e.g. model=tiny-vlm), or remove the images")
     if model_type == "dialogue":
         if kind == "messages":
-            return {"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
+            return {"messages": [{"role": m["role"], "content": message_text(m)} for m in row["messages"]]}
         if kind == "prompt_completion":
             return {"messages": [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]}
         if kind == "alpaca":
@@ -167,6 +188,38 @@ def to_training_row(row: dict, model_type: str, where: str) -> dict:
     return {"text": row["text"]}
 
 
+def multimodal_row(row: dict, where: str, folder: Path) -> dict:
+    """`messages` with image parts and their `images`, opened as PIL images (paths are relative to the data file)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if row_format(row) != "messages":
+        raise QrtrainError(f"{where}: model_type=multimodal needs `messages` (with image parts) and `images`")
+    images = row.get("images")
+    wanted = image_parts(row["messages"])
+    if not isinstance(images, list) or not images or len(images) != wanted:
+        raise QrtrainError(f"{where}: expected `images` with one entry per {{type: image}} part ({wanted}), "
+                           f"got {len(images) if isinstance(images, list) else type(images).__name__}")
+    opened = []
+    for k, image in enumerate(images):
+        try:
+            if isinstance(image, str):
+                path = folder / image
+                opened.append(Image.open(path).convert("RGB"))
+            elif isinstance(image, dict) and isinstance(image.get("bytes"), (bytes, bytearray)):
+                opened.append(Image.open(io.BytesIO(image["bytes"])).convert("RGB"))
+            elif isinstance(image, dict) and isinstance(image.get("path"), str):
+                opened.append(Image.open(folder / image["path"]).convert("RGB"))
+            else:
+                raise QrtrainError(f"{where}: images[{k}] must be a file path or {{bytes: ...}}")
+        except (OSError, UnidentifiedImageError) as error:
+            raise QrtrainError(f"{where}: images[{k}] cannot be opened as an image ({error})") from None
+    messages = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], list)
+                 else [{"type": "text", "text": m["content"]}]} for m in row["messages"]]
+    return {"messages": messages, "images": opened}
+
+
 def load_source(path: Path, model_type: str) -> list[dict]:
     """Read, check and convert one source; every bad row is reported (up to MAX_LISTED)."""
     rows = read_rows(path)
@@ -182,7 +235,8 @@ def load_source(path: Path, model_type: str) -> list[dict]:
         odd = next(where for where, row in rows if row_format(row) != row_format(first))
         raise QrtrainError(f"{path}: mixes formats ({', '.join(sorted(kinds))}); {odd} differs from the first row; "
                            "put each format in its own file and list them in data.train")
-    return [to_training_row(row, model_type, where) for where, row in rows]
+    folder = path if path.is_dir() else path.parent
+    return [to_training_row(row, model_type, where, folder) for where, row in rows]
 
 
 def unify(sources: list[list[dict]]) -> list[list[dict]]:

@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from qrtrain.data import DEMO_DIR, read_rows
+from qrtrain.data import DEMO_DIR, message_text, read_rows
 from qrtrain.errors import QrtrainError
 from qrtrain.manifest import MANIFEST_NAME, write_json
 
@@ -24,8 +24,13 @@ CITE_INSTRUCTION = "Answer from the sources and end with the id of the source yo
 def load_items(path: Path) -> list[dict]:
     """Evaluation items with a prompt conversation; refuses a set with none usable."""
     items, problems = [], []
+    folder = Path(path).parent
     for where, row in read_rows(Path(path)):
         item = to_item(row, len(items))
+        if isinstance(item, dict) and row.get("images"):
+            from qrtrain.data import multimodal_row
+
+            item["images"] = multimodal_row(row, where, folder)["images"]
         if isinstance(item, str):
             problems.append(f"{where}: {item}")
         else:
@@ -41,10 +46,10 @@ def to_item(row, index: int):
     if not isinstance(row, dict):
         return "expected a JSON object"
     if isinstance(row.get("messages"), list) and row["messages"]:
-        messages = [m for m in row["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str)]
+        messages = [m for m in row["messages"] if isinstance(m, dict) and isinstance(m.get("content"), (str, list))]
         reference = None
         if messages and messages[-1].get("role") == "assistant":
-            reference = messages[-1]["content"]
+            reference = message_text(messages[-1])
             messages = messages[:-1]
         if not any(m.get("role") == "user" for m in messages):
             return "`messages` has no user turn"
@@ -68,6 +73,7 @@ def to_item(row, index: int):
         "should_refuse": bool(row.get("should_refuse", False)),
         "source": row.get("source"),
         "context": context,
+        "images": None,
     }
 
 
@@ -91,7 +97,7 @@ def score(items: list[dict], answers: list[dict], passages: list[list[dict]]) ->
     rows, per_metric = [], {}
     for item, answer, used in zip(items, answers, passages):
         text = answer["answer"]
-        row = {"id": item["id"], "question": item["prompt"][-1]["content"][-300:], "answer": text,
+        row = {"id": item["id"], "question": message_text(item["prompt"][-1])[-300:], "answer": text,
                "reference": item["reference"], "latency_s": answer["latency_s"]}
         if item["reference"] is not None and not item["should_refuse"]:
             row["exact_match"] = metrics.exact_match(text, item["reference"])
@@ -163,8 +169,9 @@ def base_folder_for(cfg, recorded: Path) -> Path:
     return folder
 
 
-def suite_items(cfg) -> list[dict]:
-    path = Path(cfg.evaluation.questions) if cfg.evaluation.questions else DEMO_DIR / "qa_heldout.jsonl"
+def suite_items(cfg, model_type: str = "dialogue") -> list[dict]:
+    demo = "shapes_heldout.jsonl" if model_type == "multimodal" else "qa_heldout.jsonl"
+    path = Path(cfg.evaluation.questions) if cfg.evaluation.questions else DEMO_DIR / demo
     return load_items(path)
 
 
@@ -174,7 +181,8 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
 
     cfg = compose(overrides, config_name="evaluate")
     artifact, recorded_base = resolve_target(target)
-    items = suite_items(cfg)
+    model_type = json.loads((artifact / "metadata.json").read_text())["model_type"] if artifact else "dialogue"
+    items = suite_items(cfg, model_type)
 
     from qrtrain import generation, models, report
     from qrtrain.train import quiet_libraries, say
@@ -188,15 +196,16 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, artifact).eval()
-    tokenizer = generation.load_chat_tokenizer(artifact or base)
+    tokenizer = generation.load_chat_tokenizer(artifact or base, vision=models.is_vision_language(base))
     say(f"evaluating {artifact or base} on {len(items)} items ({cfg.evaluation.name}) on {device}")
 
     prompts = [with_context(i["prompt"], i["context"]) for i in items]
-    with_reference = [p + [{"role": "assistant", "content": i["reference"]}] for p, i in zip(prompts, items) if i["reference"]]
+    images = [i["images"] for i in items]
+    referenced = [(p + [{"role": "assistant", "content": i["reference"]}], i["images"]) for p, i in zip(prompts, items) if i["reference"]]
     started = time.time()
-    loss = generation.answer_loss(model, tokenizer, with_reference)
+    loss = generation.answer_loss(model, tokenizer, [c for c, _ in referenced], [im for _, im in referenced])
     answers = generation.generate_answers(model, tokenizer, prompts, cfg.generation.batch_size,
-                                          cfg.generation.max_new_tokens, cfg.generation.seed)
+                                          cfg.generation.max_new_tokens, cfg.generation.seed, images)
     aggregate, rows = score(items, answers, [i["context"] for i in items])
     aggregate["loss"] = {"mean": loss["loss"], "ci95": None, "n": loss["tokens"]}
     aggregate["perplexity"] = {"mean": loss["perplexity"], "ci95": None, "n": loss["tokens"]}

@@ -12,34 +12,53 @@ from pathlib import Path
 
 
 def load_model_for_inference(base_folder: Path, device: str, dtype):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=dtype)
-    return model.to(device).eval()
+    from qrtrain.models import is_vision_language
+
+    auto = AutoModelForImageTextToText if is_vision_language(base_folder) else AutoModelForCausalLM
+    return auto.from_pretrained(base_folder, dtype=dtype).to(device).eval()
 
 
-def load_chat_tokenizer(folder: Path):
-    """The tokenizer of an artifact or model folder, with a marked chat template, padding on the left."""
+def load_chat_tokenizer(folder: Path, vision: bool = False):
+    """The tokenizer (a processor for vision-language models) of an artifact or model folder,
+    with a marked chat template, padding on the left."""
     from qrtrain.models import load_tokenizer
 
-    tokenizer = load_tokenizer(folder, "dialogue")
+    processing = load_tokenizer(folder, "multimodal" if vision else "dialogue") if not vision else _processor(folder)
+    tokenizer = getattr(processing, "tokenizer", processing)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return processing
 
 
-def generate_answers(model, tokenizer, prompts: list[list[dict]], batch_size: int, max_new_tokens: int,
-                     seed: int) -> list[dict]:
+def _processor(folder: Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(folder)
+
+
+def encode(processing, texts: list[str], images: list | None, device):
+    """Token ids (and pixel values) for rendered prompts; images per prompt when the items have them."""
+    tokenizer = getattr(processing, "tokenizer", processing)
+    if images and any(images):
+        return processing(text=texts, images=images, return_tensors="pt", padding=True).to(device)
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
+def generate_answers(model, processing, prompts: list[list[dict]], batch_size: int, max_new_tokens: int,
+                     seed: int, images: list | None = None) -> list[dict]:
     """One {answer, latency_s, new_tokens} per prompt; latency is the wall time of the answer's batch."""
     import torch
 
+    tokenizer = getattr(processing, "tokenizer", processing)
     torch.manual_seed(seed)
     results = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        texts = [processing.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
+        inputs = encode(processing, texts, images[start:start + batch_size] if images else None, model.device)
         began = time.perf_counter()
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
@@ -56,22 +75,28 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], batch_size: in
     return results
 
 
-def answer_loss(model, tokenizer, conversations: list[list[dict]]) -> dict:
-    """Mean loss (and perplexity) over the assistant tokens of complete conversations."""
+def answer_loss(model, processing, conversations: list[list[dict]], images: list | None = None) -> dict:
+    """Mean loss (and perplexity) over the final assistant answer of complete conversations."""
     import torch
 
     total_loss, total_tokens = 0.0, 0
-    for messages in conversations:
-        encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                                return_assistant_tokens_mask=True, return_tensors="pt")
-        ids = encoded["input_ids"].to(model.device)
+    for n, messages in enumerate(conversations):
+        pictures = [images[n]] if images and images[n] else None
+        full = encode(processing, [processing.apply_chat_template(messages, tokenize=False)], pictures, model.device)
+        prompt = encode(processing, [processing.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)],
+                        pictures, model.device)
+        ids = full["input_ids"]
         labels = ids.clone()
-        labels[encoded["assistant_masks"].to(model.device) == 0] = -100
+        labels[:, :prompt["input_ids"].shape[1]] = -100  # chat templates render the prompt as a prefix
+        eos = (ids[0] == getattr(processing, "tokenizer", processing).eos_token_id).nonzero()
+        if len(eos):
+            labels[:, int(eos[-1]) + 1:] = -100  # template text after the end-of-turn token is not learned
+        extra = {k: v for k, v in full.items() if k not in ("input_ids", "attention_mask")}
         count = int((labels[:, 1:] != -100).sum())
         if count == 0:
             continue
         with torch.no_grad():
-            loss = model(input_ids=ids, labels=labels).loss
+            loss = model(input_ids=ids, attention_mask=full["attention_mask"], labels=labels, **extra).loss
         total_loss += loss.item() * count
         total_tokens += count
     if total_tokens == 0:

@@ -13,13 +13,19 @@ def lora_config(cfg):
     from peft import LoraConfig
 
     targets = cfg.lora.target_modules
+    frozen_vision = cfg.model_type.name == "multimodal" and not cfg.model_type.get("train_vision_tower", False)
     return LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=targets if isinstance(targets, str) else OmegaConf.to_container(targets),
+        exclude_modules=VISION_MODULES if frozen_vision else None,
         task_type="CAUSAL_LM",
     )
+
+
+# Module names of the vision side of common vision-language models (LLaVA, Idefics3/SmolVLM, Qwen-VL).
+VISION_MODULES = r".*(vision_tower|vision_model|visual|multi_modal_projector|mm_projector|connector).*"
 
 
 def check_only_lora_trainable(model) -> tuple[int, int]:

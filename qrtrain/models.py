@@ -37,13 +37,15 @@ def model_folder(model_cfg) -> Path:
         gguf = gguf_path(model_cfg)
         key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}".encode()).hexdigest()[:12]
         return _cached(f"{model_cfg.name}-{key}", lambda folder: _convert_gguf(gguf, folder))
-    if model_cfg.source == "tiny":
-        params = model_cfg.tiny
-        key = hashlib.sha256(json.dumps(_plain(params), sort_keys=True).encode()).hexdigest()[:12]
-        from qrtrain.tiny_model import build_tiny_model
+    if model_cfg.source in ("tiny", "tiny_vlm"):
+        from qrtrain.tiny_model import build_tiny_model, build_tiny_vlm, demo_corpus
 
-        return _cached(f"tiny-{key}", lambda folder: build_tiny_model(folder, params))
-    raise QrtrainError(f"model.source={model_cfg.source!r}: expected gguf or tiny, or set model.path=FOLDER")
+        params = model_cfg.tiny
+        # the tokenizer is trained on the demo text: a changed demo set is a different model
+        key = hashlib.sha256(json.dumps([model_cfg.source, _plain(params), demo_corpus()], sort_keys=True).encode()).hexdigest()[:12]
+        build = build_tiny_model if model_cfg.source == "tiny" else build_tiny_vlm
+        return _cached(f"{model_cfg.name}-{key}", lambda folder: build(folder, params))
+    raise QrtrainError(f"model.source={model_cfg.source!r}: expected gguf, tiny or tiny_vlm, or set model.path=FOLDER")
 
 
 def gguf_path(model_cfg) -> Path:
@@ -149,15 +151,28 @@ def model_load_error(folder: Path, error: Exception) -> QrtrainError:
                         "if it is qrtrain's converted copy")
 
 
-def load_tokenizer(folder: Path, model_type: str):
-    from safetensors import SafetensorError
-    from transformers import AutoTokenizer
-
+def is_vision_language(folder: Path) -> bool:
+    """A model folder whose config has a vision part (LLaVA, Idefics3/SmolVLM, Qwen-VL, ...)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "vision_config" in config
+
+
+def load_tokenizer(folder: Path, model_type: str):
+    """The tokenizer (the processor for model_type=multimodal), with a chat template that marks assistant turns."""
+    from safetensors import SafetensorError
+    from transformers import AutoProcessor, AutoTokenizer
+
+    if model_type == "multimodal" and not is_vision_language(folder):
+        raise QrtrainError(f"model_type=multimodal needs a vision-language model, but {folder} is text-only "
+                           "(its config.json has no vision_config); use e.g. model=tiny-vlm or model.path=VLM_FOLDER")
+    try:
+        tokenizer = (AutoProcessor if model_type == "multimodal" else AutoTokenizer).from_pretrained(folder)
     except (OSError, ValueError, KeyError, SafetensorError) as error:
         raise model_load_error(folder, error) from None
-    if model_type == "dialogue":
+    if model_type in ("dialogue", "multimodal"):
         template = training_chat_template(tokenizer)
         if template is not None:
             tokenizer.chat_template = template
@@ -206,14 +221,15 @@ def quantization_config(cfg, dtype):
 def load_model(folder: Path, cfg, device: str, dtype):
     """Load the base model, quantized when the config says so, with the given compute dtype."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
+    auto = AutoModelForImageTextToText if cfg.model_type.name == "multimodal" else AutoModelForCausalLM
     quant = quantization_config(cfg, dtype)
     kwargs = {"dtype": dtype, "quantization_config": quant}
     if device == "cuda":
         kwargs["device_map"] = {"": 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model = auto.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError) as error:
         raise model_load_error(folder, error) from None
     if quant is not None:

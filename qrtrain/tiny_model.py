@@ -20,17 +20,18 @@ def demo_corpus() -> list[str]:
     for path in sorted((PACKAGE_DIR / "demo_data").glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
-            texts.extend(m["content"] for m in row.get("messages", []))
+            for message in row.get("messages", []):
+                content = message["content"]
+                texts.extend([content] if isinstance(content, str) else [p["text"] for p in content if p.get("type") == "text"])
             if "text" in row:
                 texts.append(row["text"])
     return texts
 
 
-def build_tiny_model(folder: Path, params) -> None:
-    """Write a tiny LlamaForCausalLM and its tokenizer into `folder`."""
-    import torch
+def build_tiny_tokenizer(params, template: str = "tiny.jinja", extra_special: list[str] = ()):
+    """A byte-level BPE tokenizer trained on the demo text, with a BOS-writing chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -51,9 +52,17 @@ def build_tiny_model(folder: Path, params) -> None:
         bos_token="<|begin_of_text|>",
         eos_token="<|im_end|>",
         pad_token="<|pad|>",
-        chat_template=(PACKAGE_DIR / "chat_templates" / "tiny.jinja").read_text(encoding="utf-8"),
+        chat_template=(PACKAGE_DIR / "chat_templates" / template).read_text(encoding="utf-8"),
     )
-    config = LlamaConfig(
+    if extra_special:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special)})
+    return tokenizer
+
+
+def text_config(params, tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=params.hidden_size,
         intermediate_size=params.intermediate_size,
@@ -66,7 +75,37 @@ def build_tiny_model(folder: Path, params) -> None:
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
     )
+
+
+def build_tiny_model(folder: Path, params) -> None:
+    """Write a tiny LlamaForCausalLM and its tokenizer into `folder`."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer(params)
     torch.manual_seed(params.seed)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(text_config(params, tokenizer))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def build_tiny_vlm(folder: Path, params) -> None:
+    """Write a tiny LLaVA (CLIP-style vision tower, projector, the tiny Llama) and its processor into `folder`."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = build_tiny_tokenizer(params, "tiny_vlm.jinja", ["<image>"])
+    size = params.image_size
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}),
+        tokenizer=tokenizer, patch_size=params.patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=tokenizer.chat_template)
+    vision = CLIPVisionConfig(hidden_size=params.vision_hidden_size, intermediate_size=2 * params.vision_hidden_size,
+                              num_hidden_layers=params.vision_layers, num_attention_heads=2, image_size=size,
+                              patch_size=params.patch_size)
+    config = LlavaConfig(vision_config=vision, text_config=text_config(params, tokenizer),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                         vision_feature_select_strategy="default")
+    torch.manual_seed(params.seed)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)

@@ -115,11 +115,15 @@ def train(cfg, run_dir: Path) -> float:
     resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
 
     folder = models.model_folder(cfg.model)
-    tokenizer = models.load_tokenizer(folder, cfg.model_type.name)
-    lengths = check_token_lengths(train_set, tokenizer, cfg.training.max_length)
-    say(f"data: {len(train_set)} training examples ({lengths['truncated']} truncated to {cfg.training.max_length} tokens, "
-        f"{lengths['all_loss_tokens_cut']} dropped: no loss token left), "
-        f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
+    tokenizer = models.load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
+    if cfg.model_type.name == "multimodal":
+        say(f"data: {len(train_set)} training examples with images, "
+            f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
+    else:
+        lengths = check_token_lengths(train_set, tokenizer, cfg.training.max_length)
+        say(f"data: {len(train_set)} training examples ({lengths['truncated']} truncated to {cfg.training.max_length} "
+            f"tokens, {lengths['all_loss_tokens_cut']} dropped: no loss token left), "
+            f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
 
     device = models.resolve_device(cfg.training.device)
     dtype = models.compute_dtype(cfg.training.dtype, device)
@@ -230,10 +234,10 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
-        max_length=t.max_length,
         packing=t.packing,
         gradient_checkpointing=t.gradient_checkpointing,
-        assistant_only_loss=cfg.model_type.name == "dialogue",
+        assistant_only_loss=cfg.model_type.name in ("dialogue", "multimodal"),
+        max_length=None if cfg.model_type.name == "multimodal" else t.max_length,  # image tokens must not be cut
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=device == "cpu",

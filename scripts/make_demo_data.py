@@ -128,6 +128,30 @@ def write_jsonl(name: str, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 70, 220), "yellow": (235, 215, 40),
+           "purple": (140, 50, 170), "orange": (245, 140, 20)}
+
+
+def write_shapes() -> None:
+    """Tiny images for model_type=multimodal: a coloured square on white, asked for its colour."""
+    from PIL import Image
+
+    (OUT / "images").mkdir(exist_ok=True)
+    train, heldout = [], []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        for variant, (offset, size) in enumerate([(4, 20), (10, 16), (2, 28)]):
+            image = Image.new("RGB", (32, 32), (255, 255, 255))
+            image.paste(rgb, (offset, offset, offset + size, offset + size))
+            path = f"images/{name}-{variant}.png"
+            image.save(OUT / path)
+            question = ["What colour is the square?", "Which colour do you see?", "Name the colour of the shape."][variant]
+            row = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+                                {"role": "assistant", "content": f"The square is {name}."}], "images": [path]}
+            (heldout if variant == 2 else train).append(row)
+    write_jsonl("shapes_train.jsonl", train)
+    write_jsonl("shapes_heldout.jsonl", heldout)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     train = [chat(q, answer) for _, _, answer, questions, _ in FACTS for q in questions]
@@ -145,6 +169,7 @@ def main() -> None:
     write_jsonl("documents.jsonl", docs)
     assert len(KEYWORDS) == len(FACTS)
     write_jsonl("text.jsonl", [{"text": sentence} for _, sentence, *_ in FACTS])
+    write_shapes()
     print(f"wrote {len(train)} training conversations, {len(heldout)} held-out, {len(docs)} documents to {OUT}")
 
 

@@ -82,7 +82,7 @@ ROWS = {
     "messages is empty": (data_file("d.jsonl", [{"messages": []}]), "`messages` must be a non-empty list"),
     "message without content": (data_file("d.jsonl", [{"messages": [{"role": "user"}]}]), "messages[0] must be an object with `role` and `content`"),
     "unknown role": (data_file("d.jsonl", [{"messages": [{"role": "bot", "content": "x"}]}]), "messages[0].role is 'bot'"),
-    "content not a string": (data_file("d.jsonl", [{"messages": [{"role": "user", "content": ["x"]}]}]), "messages[0].content must be a string, got list"),
+    "content not a string": (data_file("d.jsonl", [{"messages": [{"role": "user", "content": ["x"]}]}]), "messages[0].content[0] must be {type: image} or {type: text, text: ...}"),
     "no assistant turn": (data_file("d.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}]), "no assistant turn"),
     "empty assistant turn": (data_file("d.jsonl", [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}]), "no assistant turn"),
     "bad utf-8": (data_file("d.jsonl", b'{"text": "caf\xe9"}\n'), "d.jsonl line 1: not UTF-8 text"),

@@ -58,7 +58,7 @@ def test_sources_mix_with_weights(tmp_path):
     ({"text": ""}, "`text` must be a non-empty string"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role is 'robot'"),
-    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content must be a string, got int"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content must be a string (or a list of parts), got int"),
     ({"prompt": 3, "completion": "x"}, "`prompt` must be a string"),
 ])
 def test_row_problems_say_what_is_wrong(row, expected):

@@ -39,7 +39,7 @@ def batch_loss(trainer) -> float:
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}).loss
+        loss = trainer.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "pixel_values")}).loss
     trainer.model.train()
     return loss.item()
 
