@@ -128,6 +128,10 @@ class AtomicCheckpoints(TrainerCallback):
             self.latest_metric = metrics[self.best_metric]
 
     def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # every process has written its part (RNG states) before the main one moves it
         if not state.is_world_process_zero:
             return
         written = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -168,6 +168,8 @@ def train(cfg, run_dir: Path) -> float:
 
     if frozen_digest(model) != base_digest:
         raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
+    if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
+        return float(metrics.get("eval_loss", metrics["train_loss"]))
 
     try:
         version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
