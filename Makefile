@@ -32,6 +32,7 @@ test-slow: $(STAMP)
 	$(VENV)/bin/pytest -q -m slow
 
 bench: $(STAMP)
+	$(PY) scripts/bench.py
 	$(PY) scripts/bench_verify.py
 
 clean-cache:

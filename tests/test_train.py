@@ -94,3 +94,31 @@ def test_layer_rates_set_embeddings_and_head_apart():
     assert layer_learning_rate("model.layers.0.self_attn.q_proj.lora_A.weight", 4, 1.0, 0.5) == 0.5**3
     assert layer_learning_rate("model.layers.3.mlp.up_proj.lora_B.weight", 4, 1.0, 0.5) == 1.0
     assert layer_learning_rate("lm_head.weight", 4, 1.0, 0.5) == 1.0
+
+
+def summed_loss(trainer) -> tuple[float, int]:
+    """Total loss over every label token of one epoch of the trainer's dataloader, at the current weights."""
+    total, count = 0.0, 0
+    trainer.model.eval()
+    with torch.no_grad():
+        for batch in trainer.get_train_dataloader():
+            tokens = int((batch["labels"][:, 1:] != -100).sum())
+            keys = ("input_ids", "attention_mask", "labels", "position_ids")
+            loss = trainer.model(**{k: v for k, v in batch.items() if k in keys}).loss
+            total, count = total + loss.item() * tokens, count + tokens
+    return total, count
+
+
+@pytest.mark.parametrize("model_type", ["dialogue", "standard"])
+def test_packed_sequences_do_not_attend_across_examples(tmp_path, model_type):
+    """Packing changes the batches, not the loss: packed examples see only themselves."""
+    _, _, padded = build(tmp_path / "a", f"model_type={model_type}", "training.max_steps=1")
+    _, _, packed = build(tmp_path / "b", f"model_type={model_type}", "training.max_steps=1", "training.packing=true",
+                         "training.max_length=256")
+    batch = next(iter(packed.get_train_dataloader()))
+    assert "position_ids" in batch and batch["input_ids"].shape[0] == 1  # padding-free: one flat row
+    assert (batch["position_ids"][0] == 0).sum() > 1  # several examples in it
+    padded_total, padded_count = summed_loss(padded)
+    packed_total, packed_count = summed_loss(packed)
+    assert packed_count == padded_count
+    assert packed_total / packed_count == pytest.approx(padded_total / padded_count, rel=1e-4)
