@@ -130,13 +130,8 @@ def score(items: list[dict], answers: list[dict], passages: list[list[dict]]) ->
 
 
 def _batch_time(answers: list[dict]) -> float:
-    """Generation wall time: each batch's latency counted once (answers of a batch share it)."""
-    total, previous = 0.0, None
-    for answer in answers:
-        if answer["latency_s"] != previous:
-            total += answer["latency_s"]
-            previous = answer["latency_s"]
-    return total
+    """Generation wall time: each batch's latency counted once (the answers of a batch share it)."""
+    return sum({a.get("batch", i): a["latency_s"] for i, a in enumerate(answers)}.values())
 
 
 def resolve_target(target: Path) -> tuple[Path | None, Path]:

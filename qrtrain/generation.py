@@ -71,7 +71,7 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
                 tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
             tokens = [t for t in tokens if t != tokenizer.pad_token_id]
             results.append({"answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                            "latency_s": latency, "new_tokens": len(tokens) + stopped})
+                            "latency_s": latency, "new_tokens": len(tokens) + stopped, "batch": start // batch_size})
     return results
 
 

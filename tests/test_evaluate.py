@@ -34,7 +34,7 @@ def test_scores_on_a_fixed_set_match_hand_computation(tmp_path):
     ]
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = load_items(tmp_path / "items.jsonl")
-    answers = [{"answer": a, "latency_s": 0.5, "new_tokens": 4} for a in
+    answers = [{"answer": a, "latency_s": 0.5, "new_tokens": 4, "batch": 0} for a in
                ["Quillhaven", "Marrow river is long", '{"ok": true}', "Sure, it is 555-1234.", "Quillhaven is it [geo]"]]
     aggregate, per_item = score(items, answers, [i["context"] for i in items])
     assert aggregate["exact_match"]["mean"] == pytest.approx(0.5)            # 1 of 2 with an answer
