@@ -10,6 +10,7 @@ checkpoints are ever resumed from. The folder is keyed by a digest of everything
 changes the result (config and data), so `resume=auto` only continues the same training.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -56,6 +57,23 @@ def checkpoints_folder(cfg, config: dict) -> Path:
     return Path(cfg.artifact.root) / ".checkpoints" / f"{cfg.artifact.name}-{digest}"
 
 
+def claim_folder(folder: Path):
+    """(folder, lock) for this run's checkpoints. The first run of a training locks its folder for as long
+    as it lives; a second run of the same training started meanwhile checkpoints into its own `-<pid>` folder.
+    In a multi-process run, processes other than rank 0 share rank 0's folder without locking."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return folder, None
+    for candidate in (folder, folder.with_name(f"{folder.name}-{os.getpid()}")):
+        candidate.mkdir(parents=True, exist_ok=True)
+        lock = open(candidate / ".lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return candidate, lock
+        except BlockingIOError:
+            lock.close()
+    raise QrtrainError(f"could not lock a checkpoint folder beside {folder}")
+
+
 def complete_checkpoints(folder: Path) -> list[Path]:
     """Marked checkpoints, oldest first."""
     if not folder.is_dir():
@@ -68,8 +86,8 @@ def choose_resume(cfg, folder: Path, config: dict) -> Path | None:
     """The checkpoint to resume from, per `resume` (auto | never | PATH); checked before use."""
     resume = str(cfg.resume)
     if resume == "never":
-        if folder.exists():
-            shutil.rmtree(folder)
+        for old in list(folder.glob("checkpoint-*")) + [folder / PARTIAL]:
+            shutil.rmtree(old, ignore_errors=True)
         return None
     if resume == "auto":
         found = complete_checkpoints(folder)

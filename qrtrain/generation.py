@@ -25,7 +25,7 @@ def load_chat_tokenizer(folder: Path, vision: bool = False):
     with a marked chat template, padding on the left."""
     from qrtrain.models import load_tokenizer
 
-    processing = load_tokenizer(folder, "multimodal" if vision else "dialogue") if not vision else _processor(folder)
+    processing = _processor(folder) if vision else load_tokenizer(folder, "dialogue")
     tokenizer = getattr(processing, "tokenizer", processing)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -111,7 +111,7 @@ def train(cfg, run_dir: Path) -> float:
     from qrtrain import checkpoints, models
 
     result_config = checkpoints.result_config(cfg, data_sources)
-    checkpoint_dir = checkpoints.checkpoints_folder(cfg, result_config)
+    checkpoint_dir, checkpoint_lock = checkpoints.claim_folder(checkpoints.checkpoints_folder(cfg, result_config))
     resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
 
     folder = models.model_folder(cfg.model)
@@ -178,6 +178,8 @@ def train(cfg, run_dir: Path) -> float:
                            "nothing was published and earlier versions are untouched; free space or choose "
                            "another artifact.root, then run the same command to resume", exit_code=1) from None
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the training is done: its checkpoints served their purpose
+    if checkpoint_lock is not None:
+        checkpoint_lock.close()
     say(f"published {version}; check it with: qrtrain verify {version}")
     print(version)
     return float(metrics.get("eval_loss", metrics["train_loss"]))
