@@ -138,7 +138,7 @@ def write_shapes() -> None:
 
     (OUT / "images").mkdir(exist_ok=True)
     train, heldout = [], []
-    for i, (name, rgb) in enumerate(COLOURS.items()):
+    for name, rgb in COLOURS.items():
         for variant, (offset, size) in enumerate([(4, 20), (10, 16), (2, 28)]):
             image = Image.new("RGB", (32, 32), (255, 255, 255))
             image.paste(rgb, (offset, offset, offset + size, offset + size))

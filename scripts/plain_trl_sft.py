@@ -6,7 +6,6 @@ No qrtrain code is imported: the same demo file is read with `datasets`, the mod
 with `from_pretrained`, and TRL does the rest.
 """
 
-import json
 import os
 import sys
 from pathlib import Path

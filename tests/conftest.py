@@ -65,3 +65,12 @@ def published_versions(root) -> list[str]:
     from pathlib import Path
 
     return sorted(str(p.relative_to(root)) for p in Path(root).glob("*/v*") if p.is_dir())
+
+
+def invoke(*args):
+    """Run the qrtrain CLI in-process (typer's CliRunner); arguments may be paths."""
+    from typer.testing import CliRunner
+
+    from qrtrain.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])

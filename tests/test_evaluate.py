@@ -2,18 +2,12 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from qrtrain.cli import app
 from qrtrain.evaluate import load_items, score, with_context
 from qrtrain.retrieval import build_index, load_corpus
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from tests.conftest import invoke
 
 
 @pytest.fixture(scope="module")

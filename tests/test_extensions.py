@@ -3,20 +3,17 @@
 import json
 import os
 import signal
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import TrainerCallback
-from typer.testing import CliRunner
 
-from qrtrain.cli import app
 from qrtrain.extensions.early_stopping import EarlyStopping
 from qrtrain.extensions.ema import EMA
 from qrtrain.extensions.grokfast import GrokFast
 from qrtrain.extensions.neftune import NEFTune
+from tests.conftest import invoke
 from tests.test_train import build
 
 
@@ -101,9 +98,6 @@ def test_early_stopping_stops_at_the_expected_step(tmp_path):
     # 5.0 best, 4.0 best, 3.95 not better by 0.1 (1 bad), 4.2 (2 bad) -> stop after the 4th evaluation
     assert trainer.state.global_step == 4 and stopper.stopped_at == 4 and stopper.best == 4.0
 
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_resource_monitor_writes_its_metrics(tmp_path):
@@ -192,9 +186,10 @@ class InterruptAt(TrainerCallback):
 
 def test_grokfast_and_ema_state_survive_resume(tmp_path, monkeypatch):
     """Interrupt after a few steps, resume: the extensions' state after loading equals what was saved."""
+    from safetensors.torch import load_file
+
     import qrtrain.extensions
     import qrtrain.train
-    from safetensors.torch import load_file
 
     loaded, load_states, build_trainer = {}, qrtrain.extensions.load_states, qrtrain.train.build_trainer
 
@@ -218,7 +213,7 @@ def test_grokfast_and_ema_state_survive_resume(tmp_path, monkeypatch):
     resumed = invoke(*args)
     assert resumed.exit_code == 0, resumed.output
     assert set(loaded) == {"grokfast", "ema"}
-    for name, (state, checkpoint, saved) in loaded.items():
+    for state, checkpoint, saved in loaded.values():
         assert int(checkpoint.name.split("-")[1]) >= 7  # saved on the signal, not the step-5 one
         assert len(saved) > 0
         assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)

@@ -1,6 +1,5 @@
 """The tiny model is deterministic; chat templates render what the model expects."""
 
-from pathlib import Path
 
 import pytest
 

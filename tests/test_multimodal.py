@@ -4,14 +4,9 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from qrtrain.cli import app
+from tests.conftest import invoke
 from tests.test_train import batch_loss, build, snapshot
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_tiny_vlm_trains_language_lora_only(tmp_path):

@@ -10,14 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from qrtrain.cli import app
 from qrtrain.config import PACKAGE_DIR
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+from tests.conftest import invoke
 
 
 @pytest.fixture(scope="module")

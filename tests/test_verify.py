@@ -10,16 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from qrtrain.cli import app
 from qrtrain.manifest import write_manifest
+from tests.conftest import invoke
 
 HEAVY = ("torch", "transformers", "trl", "peft")
 
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
