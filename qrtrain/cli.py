@@ -12,6 +12,7 @@ import typer
 
 from qrtrain import __version__
 from qrtrain.errors import QrtrainError
+from qrtrain.terminal import report_error
 
 app = typer.Typer(
     help="Fine-tune causal language models with LoRA/QLoRA and publish adapter artifacts you can verify.",
@@ -41,7 +42,7 @@ def root(
     help="Fine-tune and publish a new artifact version. Takes Hydra overrides: qrtrain train --help lists them.",
 )
 def train(ctx: typer.Context) -> None:
-    from qrtrain.train import run_hydra
+    from qrtrain.training.run import run_hydra
 
     args = list(ctx.args)
     if "--debug" in args:
@@ -60,7 +61,7 @@ def evaluate(
     target: Path = typer.Argument(..., help="An artifact version (outputs/NAME/v1), an artifact (latest version) or a model folder."),
 ) -> None:
     """Measure loss, perplexity and answer quality on an evaluation suite. Extra args: key=value overrides."""
-    from qrtrain.evaluate import evaluate as run_evaluation
+    from qrtrain.evaluation.evaluate import evaluate as run_evaluation
 
     try:
         run_evaluation(target, list(ctx.args))
@@ -71,7 +72,7 @@ def evaluate(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def compare(ctx: typer.Context) -> None:
     """Base vs retrieval vs adapters on the same questions, with confidence intervals. Args: key=value overrides."""
-    from qrtrain.compare import compare as run_comparison
+    from qrtrain.evaluation.compare import compare as run_comparison
 
     try:
         run_comparison(list(ctx.args))
@@ -87,7 +88,7 @@ def package_artifact(
     base: Path = typer.Option(None, "--base", help="The base model folder (default: the one in metadata.json)."),
 ) -> None:
     """Package a verified version: a bundle, a Hub folder, a merged model or an Ollama adapter."""
-    from qrtrain.package import package
+    from qrtrain.artifacts.package import package
 
     try:
         out = package(target, fmt, output, base)
@@ -102,7 +103,7 @@ def unpack(
     dest: Path = typer.Argument(..., help="The folder to extract into."),
 ) -> None:
     """Extract a bundle safely: absolute paths, '..', links and devices are refused before anything is written."""
-    from qrtrain.package import unpack as unpack_bundle
+    from qrtrain.artifacts.package import unpack as unpack_bundle
 
     try:
         typer.echo(str(unpack_bundle(bundle, dest)))
@@ -117,7 +118,7 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
 ) -> None:
     """Check an artifact exactly against its manifest. Exit 0 verified, 1 a check failed, 2 usage or I/O error."""
-    from qrtrain.verify import verify as verify_artifact
+    from qrtrain.artifacts.verify import verify as verify_artifact
 
     try:
         code = verify_artifact(path, base, as_json)
@@ -132,7 +133,7 @@ def list_artifacts(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List artifacts and versions: created, base model, settings, eval loss, size, verified."""
-    from qrtrain.listing import list_versions, print_versions
+    from qrtrain.artifacts.listing import list_versions, print_versions
 
     try:
         print_versions(list_versions(root), as_json)
@@ -148,14 +149,6 @@ def fail(error: QrtrainError) -> None:
         traceback.print_exception(error)
     report_error(error)
     raise typer.Exit(error.exit_code)
-
-
-def report_error(error: QrtrainError) -> None:
-    """Print an error as the CLI shows it: `error: <message>` on stderr."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(error.message)}")
 
 
 def main() -> None:

@@ -107,15 +107,15 @@ def flops_per_token(config: dict, lora_params: int, seq: int) -> float:
 def padding_efficiency(folder: Path, batch: int, max_length: int, packing: bool) -> float:
     """Real tokens / token slots over the batches the trainer builds from the demo data."""
     import torch
+    from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from qrtrain.data import DEMO_DIR, load_source
-    from datasets import Dataset
+    from qrtrain.data.rows import DEMO_DIR, load_source
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.chat_template = (ROOT / "qrtrain" / "chat_templates" / "smollm2_training.jinja").read_text()
+    tokenizer.chat_template = (ROOT / "qrtrain" / "models" / "chat_templates" / "smollm2_training.jinja").read_text()
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     args = SFTConfig(output_dir="/tmp/bench-pad", per_device_train_batch_size=batch, max_length=max_length,
                      packing=packing, assistant_only_loss=True, bf16=False, use_cpu=True, report_to="none")
@@ -151,7 +151,7 @@ def main() -> None:
     started = time.time()
 
     from qrtrain.config import compose
-    from qrtrain.models import cache_dir, model_folder
+    from qrtrain.models.loading import cache_dir, model_folder
 
     # Model load: the GGUF conversion (into a scratch cache) vs a load of the cached folder.
     os.environ["QRTRAIN_CACHE"] = tempfile.mkdtemp()

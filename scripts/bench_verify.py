@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from qrtrain.manifest import write_manifest  # noqa: E402
+from qrtrain.artifacts.manifest import write_manifest  # noqa: E402
 
 
 def build_artifact(folder: Path, gigabytes: float) -> None:

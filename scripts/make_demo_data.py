@@ -1,6 +1,6 @@
 """Write the shipped demo data set: a small fictional world the base model cannot know.
 
-    python scripts/make_demo_data.py      # rewrites qrtrain/demo_data/*.jsonl
+    python scripts/make_demo_data.py      # rewrites qrtrain/data/demo/*.jsonl
 
 Each fact has training questions (paraphrases) and one held-out question, so a
 fine-tuned adapter has to generalise to a phrasing it never saw.  The same facts
@@ -10,7 +10,7 @@ are written as documents, for retrieval and for `model_type=standard`.
 import json
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "qrtrain" / "demo_data"
+OUT = Path(__file__).resolve().parent.parent / "qrtrain" / "data" / "demo"
 SYSTEM = "You answer questions about the island of Veloria. Answer in one short sentence."
 
 # (document id, fact sentence, answer, training questions, held-out question)

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_timer import BenchTimer  # noqa: E402
 
 folder, steps, batch, max_length, packing, grad_ckpt, quant = sys.argv[1:8]
-data = Path(__file__).resolve().parent.parent / "qrtrain" / "demo_data" / "qa_train.jsonl"
+data = Path(__file__).resolve().parent.parent / "qrtrain" / "data" / "demo" / "qa_train.jsonl"
 dataset = load_dataset("json", data_files=str(data), split="train")
 tokenizer = AutoTokenizer.from_pretrained(folder)
 quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -32,7 +32,7 @@ args = SFTConfig(output_dir="/tmp/plain-trl", max_steps=int(steps), per_device_t
                  bf16=False, use_cpu=True, seed=42, logging_steps=1, save_strategy="no", report_to="none",
                  disable_tqdm=True,
                  # SmolLM2's template has no {% generation %} markers: the user supplies a marked copy
-                 chat_template_path=str(data.parent.parent / "chat_templates" / "smollm2_training.jinja"))
+                 chat_template_path=str(data.parent.parent.parent / "models" / "chat_templates" / "smollm2_training.jinja"))
 peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
                      callbacks=[BenchTimer(os.environ["BENCH_OUT"])])

@@ -55,7 +55,7 @@ def compose_cfg(*overrides: str, root=None):
 
 @pytest.fixture(scope="session")
 def tiny_folder(model_cache):
-    from qrtrain.models import model_folder
+    from qrtrain.models.loading import model_folder
 
     return model_folder(compose_cfg().model)
 

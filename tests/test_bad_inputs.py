@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from qrtrain.artifacts.manifest import build_manifest
 from qrtrain.cli import app
-from qrtrain.manifest import build_manifest
 
 QRTRAIN = str(Path(sys.executable).parent / "qrtrain")
 INTERRUPTED = ["model=tiny", "training.max_steps=400", "checkpoint.every_steps=10", "training.eval_steps=0"]
@@ -45,7 +45,7 @@ def overrides(*values: str) -> callable:
 
 def corrupt_model(tmp: Path, damage: str) -> list[str]:
     from qrtrain.config import compose
-    from qrtrain.models import model_folder
+    from qrtrain.models.loading import model_folder
 
     folder = tmp / "model"
     shutil.copytree(model_folder(compose(["model=tiny"]).model), folder)
@@ -160,7 +160,7 @@ def test_bad_input_row(row, earlier, tmp_path):
 
 
 def test_full_disk_while_publishing_loses_nothing(earlier, tmp_path, monkeypatch):
-    import qrtrain.artifact
+    import qrtrain.artifacts.versions
 
     root = tmp_path / "root"
     shutil.copytree(earlier, root)
@@ -169,7 +169,7 @@ def test_full_disk_while_publishing_loses_nothing(earlier, tmp_path, monkeypatch
     def disk_full(folder):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(qrtrain.artifact, "write_manifest", disk_full)
+    monkeypatch.setattr(qrtrain.artifacts.versions, "write_manifest", disk_full)
     result = CliRunner().invoke(app, ["train", "model=tiny", "training.max_steps=2", f"artifact.root={root}"])
     assert result.exit_code == 1 and "No space left on device" in result.output and "nothing was published" in result.output
     after = snapshot(root)

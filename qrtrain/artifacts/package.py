@@ -1,0 +1,278 @@
+"""Package an artifact version for where it will run, and prove the package matches the adapter.
+
+    qrtrain package outputs/NAME/v1 --format bundle      # NAME-v1-bundle.tar.gz: the version + manifest
+    qrtrain package outputs/NAME/v1 --format hf          # a folder for `huggingface-cli upload` (no upload)
+    qrtrain package outputs/NAME/v1 --format merged      # base + adapter merged, safetensors shards
+    qrtrain package outputs/NAME/v1 --format ollama      # GGUF LoRA adapter + Modelfile
+    qrtrain unpack NAME-v1-bundle.tar.gz DEST            # safe extraction
+
+Only a version that passes `qrtrain verify` is packaged. Every output carries its own
+checksums.json and a metadata.json whose `package` entry names the source version and its
+root digest; every output passes `qrtrain verify`.
+"""
+
+import json
+import shutil
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from qrtrain import __version__
+from qrtrain.artifacts.manifest import MANIFEST_NAME, write_json, write_manifest
+from qrtrain.errors import QrtrainError
+
+FORMATS = ("bundle", "hf", "merged", "ollama")
+MERGE_TOLERANCE = 1e-3   # max |logit difference| between merged and base+adapter, float32
+SAMPLE_PROMPTS = ["What is the capital of Veloria?", "Who wrote the Velorian anthem?", "Say hello in one sentence."]
+
+
+def package(target: Path, fmt: str, output: Path | None = None, base: Path | None = None) -> Path:
+    from qrtrain.artifacts.versions import resolve_target
+
+    if fmt not in FORMATS:
+        raise QrtrainError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    version, recorded_base = resolve_target(Path(target))
+    if version is None:
+        raise QrtrainError(f"{target}: not an artifact version; give outputs/NAME/vN (or outputs/NAME for the latest)")
+    metadata = json.loads((version / "metadata.json").read_text())
+    name = f"{metadata['name']}-{version.name}-{fmt}"
+    out = Path(output) if output else Path.cwd() / (name + (".tar.gz" if fmt == "bundle" else ""))
+    if out.exists():
+        raise QrtrainError(f"{out} already exists; remove it or pass --output to another path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from qrtrain.terminal import quiet_libraries
+
+    quiet_libraries()
+    if fmt == "bundle":
+        return write_bundle(version, metadata, out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        source = {"format": fmt, "source_version": str(version.resolve()),
+                  "source_root_digest": json.loads((version / MANIFEST_NAME).read_text())["root_digest"],
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qrtrain_version": __version__}
+        base_folder = Path(base) if base else recorded_base
+        if fmt == "hf":
+            extra = build_hf(version, staging)
+        elif fmt == "merged":
+            extra = build_merged(version, base_folder, staging)
+        else:
+            extra = build_ollama(version, base_folder, metadata, staging)
+        write_json(staging / "metadata.json", {**metadata, "package": {**source, **extra}})
+        write_manifest(staging)
+        staging.chmod(0o755)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def write_bundle(version: Path, metadata: dict, out: Path) -> Path:
+    """A .tar.gz of the version under one top folder, checksums.json first; written aside, then renamed."""
+    top = f"{metadata['name']}-{version.name}"
+    tmp = out.with_name(f".{out.name}.tmp")
+    files = sorted((p for p in version.rglob("*") if p.is_file()), key=lambda p: (p.name != MANIFEST_NAME, str(p)))
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in files:
+            info = tar.gettarinfo(str(path), arcname=f"{top}/{path.relative_to(version).as_posix()}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    tmp.rename(out)
+    return out
+
+
+def unpack(bundle: Path, dest: Path) -> Path:
+    """Extract a bundle into DEST after checking every member; nothing is written if any member is unsafe."""
+    bundle, dest = Path(bundle), Path(dest)
+    try:
+        with tarfile.open(bundle, "r:gz") as tar:
+            members = tar.getmembers()
+            problems = [f"{m.name}: {why}" for m in members if (why := member_problem(m))]
+            if problems:
+                raise QrtrainError(f"{bundle}: refusing to unpack, unsafe members: " + "; ".join(problems[:10]))
+            dest.mkdir(parents=True, exist_ok=True)
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise QrtrainError(f"{bundle}: cannot unpack ({error})") from None
+    tops = {PurePosixPath(m.name).parts[0] for m in members}
+    return dest / tops.pop() if len(tops) == 1 else dest
+
+
+def member_problem(member: tarfile.TarInfo) -> str | None:
+    path = PurePosixPath(member.name)
+    if path.is_absolute() or member.name.startswith(("/", "\\")):
+        return "absolute path"
+    if ".." in path.parts:
+        return "'..' in the path"
+    if member.issym() or member.islnk():
+        return "link"
+    if not (member.isfile() or member.isdir()):
+        return "device or special file"
+    return None
+
+
+def build_hf(version: Path, staging: Path) -> dict:
+    """The Hub layout: adapter, tokenizer, model card (front matter), config; metadata and manifest rewritten."""
+    for path in version.iterdir():
+        if path.is_file() and path.name not in (MANIFEST_NAME, "metadata.json"):
+            shutil.copy2(path, staging / path.name)
+    return {"upload": f"huggingface-cli upload YOUR_ORG/{version.parent.name} ."}
+
+
+def sample_inputs(tokenizer, device):
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in SAMPLE_PROMPTS]
+    tokenizer.padding_side = "left"
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
+def build_merged(version: Path, base_folder: Path, staging: Path) -> dict:
+    """Merge into a full-precision copy of the base and check logits against base + adapter."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from qrtrain.models.loading import load_chat_tokenizer
+
+    _check_base(base_folder)
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, version).eval()
+    tokenizer = load_chat_tokenizer(version)
+    inputs = sample_inputs(tokenizer, "cpu")
+    with torch.no_grad():
+        expected = model(**inputs).logits
+        merged = model.merge_and_unload().eval()
+        actual = merged(**inputs).logits
+    mask = inputs["attention_mask"].bool()
+    difference = (expected - actual).abs()[mask].max().item()
+    if difference > MERGE_TOLERANCE:
+        raise QrtrainError(f"merged logits differ from base+adapter by {difference:.3g} > {MERGE_TOLERANCE}; "
+                           "nothing was written", exit_code=1)
+    merged.save_pretrained(staging, max_shard_size="200MB")
+    tokenizer.padding_side = "right"
+    tokenizer.save_pretrained(staging)
+    return {"merge_check": {"max_abs_logit_difference": difference, "tolerance": MERGE_TOLERANCE,
+                            "prompts": SAMPLE_PROMPTS, "dtype": "float32", "base": str(base_folder)}}
+
+
+def _check_base(base_folder: Path) -> None:
+    if not (Path(base_folder) / "config.json").is_file():
+        raise QrtrainError(f"base model folder {base_folder} is missing; pass --base FOLDER")
+
+
+def lora_tensors_for_gguf(version: Path, base_config: dict) -> dict:
+    """The adapter's tensors named and laid out as llama.cpp expects: blk.N.<tensor>.weight.lora_a / lora_b.
+
+    lora_a is A (rank x in), lora_b is B (out x rank); B of q_proj and k_proj gets llama.cpp's rotary
+    permutation of the output rows, as convert_hf_to_gguf applies to the base weights."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    if base_config.get("model_type") != "llama":
+        raise QrtrainError(f"ollama packaging supports Llama-architecture bases; this base is {base_config.get('model_type')!r}")
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, base_config["num_hidden_layers"])
+    n_head, n_kv = base_config["num_attention_heads"], base_config.get("num_key_value_heads") or base_config["num_attention_heads"]
+    out = {}
+    for name, array in sorted(load_file(version / "adapter_model.safetensors").items()):
+        module = name.split(".lora_")[0].removeprefix("base_model.model.")
+        target = names.get_name(module)
+        if target is None:
+            raise QrtrainError(f"adapter tensor {name}: no llama.cpp name for module {module}")
+        part = "lora_a" if ".lora_A." in name else "lora_b"
+        if part == "lora_b" and module.endswith(("q_proj", "k_proj")):
+            array = permute_rows(array, n_head if module.endswith("q_proj") else n_kv)
+        out[f"{target}.weight.{part}"] = array.astype("float32")
+    return out
+
+
+def permute_rows(weights, n_head: int):
+    """llama.cpp's LlamaModel.permute: reorder output rows from HF's rotary layout to GGML's."""
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2).reshape(weights.shape))
+
+
+def build_ollama(version: Path, base_folder: Path, metadata: dict, staging: Path) -> dict:
+    import gguf
+
+    from qrtrain.models.loading import load_chat_tokenizer
+
+    _check_base(base_folder)
+    base_config = json.loads((base_folder / "config.json").read_text())
+    adapter_config = json.loads((version / "adapter_config.json").read_text())
+    writer = gguf.GGUFWriter(staging / "adapter.gguf", "llama")
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(adapter_config["lora_alpha"]))
+    writer.add_name(metadata["name"])
+    for name, array in lora_tensors_for_gguf(version, base_config).items():
+        writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    tokenizer = load_chat_tokenizer(version)
+    template, default_system = ollama_template(tokenizer)
+    base_gguf = base_model_gguf(metadata)
+    lines = [f"# ollama create {metadata['name']} -f Modelfile",
+             f"FROM {base_gguf or base_folder}", "ADAPTER ./adapter.gguf", f'TEMPLATE """{template}"""']
+    if default_system:
+        lines.append(f'SYSTEM """{default_system}"""')
+    stops = sorted({tokenizer.eos_token} | {t for t in ("<|im_end|>", "<|im_start|>") if t in tokenizer.get_vocab()})
+    lines += [f'PARAMETER stop "{s}"' for s in stops] + ["PARAMETER temperature 0", "PARAMETER num_ctx 2048"]
+    (staging / "Modelfile").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"base_gguf": str(base_gguf) if base_gguf else None, "base_folder": str(base_folder)}
+
+
+def base_model_gguf(metadata: dict) -> Path | None:
+    """The shipped GGUF of a base model option with source gguf (the default model), else None."""
+    from qrtrain.config import compose, group_options
+    from qrtrain.models.loading import gguf_path
+
+    name = (metadata.get("base_model") or {}).get("name")
+    if name not in group_options("model"):
+        return None
+    model_cfg = compose([f"model={name}"]).model
+    return gguf_path(model_cfg) if model_cfg.source == "gguf" else None
+
+
+def ollama_template(tokenizer) -> tuple[str, str | None]:
+    """An Ollama (Go) TEMPLATE equivalent to a ChatML-like chat template, and its default system prompt.
+
+    The HF template is probed with marker contents. It must render every turn as
+    OPEN + role + MIDDLE + content + SUFFIX (with an optional BOS first), as ChatML does."""
+    def render(messages, generation_prompt=False):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    unsupported = QrtrainError("ollama packaging maps ChatML-like chat templates only; this template could not be mapped")
+    s_, u_, a_ = "\x01S\x01", "\x01U\x01", "\x01A\x01"
+    full = render([{"role": "system", "content": s_}, {"role": "user", "content": u_}, {"role": "assistant", "content": a_}])
+    if not all(full.count(mark) == 1 for mark in (s_, u_, a_)):
+        raise unsupported
+    p0, rest = full.split(s_)
+    p1, rest = rest.split(u_)
+    p2, suffix = rest.split(a_)
+    if not suffix or not p1.startswith(suffix) or "user" not in p1:
+        raise unsupported
+    opening, _, middle = p1[len(suffix):].partition("user")
+    if p2 != suffix + opening + "assistant" + middle or not p0.endswith(opening + "system" + middle):
+        raise unsupported
+    bos = p0[:len(p0) - len(opening + "system" + middle)]
+    before_user = render([{"role": "user", "content": u_}]).split(u_)[0]
+    if not before_user.startswith(bos) or not before_user.endswith(opening + "user" + middle):
+        raise unsupported
+    system_block = before_user[len(bos):len(before_user) - len(opening + "user" + middle)]
+    default_system = None
+    if system_block:
+        if not (system_block.startswith(opening + "system" + middle) and system_block.endswith(suffix)):
+            raise unsupported
+        default_system = system_block[len(opening + "system" + middle):len(system_block) - len(suffix)]
+    generation = render([{"role": "user", "content": u_}], True).split(u_)[1]
+    if not generation.startswith(suffix):
+        raise unsupported
+    generation = generation[len(suffix):]
+    template = (f"{bos}{{{{ if .System }}}}{opening}system{middle}{{{{ .System }}}}{suffix}{{{{ end }}}}"
+                f"{{{{ range .Messages }}}}{opening}{{{{ .Role }}}}{middle}{{{{ .Content }}}}{suffix}{{{{ end }}}}{generation}")
+    return template, default_system

@@ -1,0 +1,113 @@
+"""What an artifact version records about how it was made: metadata.json and the model card.
+
+    qrtrain train model=tiny training.max_steps=2 && cat outputs/tiny-dialogue/v1/metadata.json
+
+`metadata.json` holds the base model's file hashes, the data's hashes, the chat template's hash,
+the seed, the device and the library versions; `README.md` is a Hugging Face model card.
+"""
+
+import hashlib
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from qrtrain import __version__
+from qrtrain.artifacts.manifest import sha256_file
+
+
+def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path, device: str, base_digest: str,
+                     extensions: dict) -> dict:
+    """metadata.json's contents (the version number is added when the version is published)."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    return {
+        "name": cfg.artifact.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "qrtrain_version": __version__,
+        "git_commit": git_commit(),
+        "base_model": {
+            "name": cfg.model.name,
+            "path": str(cfg.model.path or base_folder),
+            "files": {p.name: sha256_file(p) for p in sorted(base_folder.iterdir())
+                      if p.suffix in (".safetensors", ".json", ".jinja", ".model", ".txt") and p.is_file()},
+        },
+        "model_type": cfg.model_type.name,
+        "strategy": cfg.strategy.name,
+        "quantization": cfg.quantization.name,
+        "datasets": data_sources,
+        "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
+        "seed": cfg.seed,
+        "device": device_description(device),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "base_weights_check": {"frozen_parameters_sha256": base_digest, "unchanged": True},
+        "extensions": extensions,
+    }
+
+
+def model_card(cfg, metadata: dict, metrics: dict) -> str:
+    """A Hugging Face model card: front matter, how it was made, how to load and verify it."""
+    eval_loss = metrics.get("eval_loss")
+    return f"""---
+library_name: peft
+base_model: {metadata['base_model']['path']}
+tags: [qrtrain, lora, {cfg.model_type.name}, {cfg.quantization.name}]
+---
+
+# {cfg.artifact.name}
+
+A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) for `{cfg.model.name}`, trained by qrtrain {__version__}
+with model_type={cfg.model_type.name}, strategy={cfg.strategy.name}, quantization={cfg.quantization.name},
+{metrics.get('global_step')} steps; final train loss {metrics.get('train_loss'):.4f}{f', eval loss {eval_loss:.4f}' if eval_loss is not None else ''}.
+
+## Load
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{metadata['base_model']['path']}")
+model = PeftModel.from_pretrained(base, "PATH_TO_THIS_FOLDER")
+tokenizer = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
+```
+
+## Verify
+
+```bash
+qrtrain verify PATH_TO_THIS_FOLDER                       # every file against checksums.json
+qrtrain verify PATH_TO_THIS_FOLDER --base BASE_FOLDER    # and the base model against metadata.json
+```
+
+`metadata.json` records the base model's file hashes, the data, the seed, the library versions and the device;
+`training_config.yaml` is the full resolved config.
+"""
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return f"cpu: {platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "safetensors"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found

@@ -1,0 +1,212 @@
+"""Evaluate an artifact (or a plain model) on an evaluation suite: loss, perplexity and answer quality.
+
+    qrtrain evaluate outputs/smollm2-135m-instruct-dialogue/v1
+    qrtrain evaluate outputs/NAME/v1 evaluation.questions=my_questions.jsonl generation.batch_size=16
+
+Items (JSONL/JSON/Parquet) hold `messages` (a trailing assistant turn is the reference) or
+`question`; optional `answer`, `keywords`, `expect_json`, `should_refuse`, `context`
+([{id, text}] passages put in the prompt, answers asked to cite them as [id]).
+Reports go to an `evaluations/` folder beside the artifact's versions, never inside one.
+"""
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+from qrtrain.artifacts.manifest import write_json
+from qrtrain.artifacts.versions import resolve_target
+from qrtrain.data.rows import DEMO_DIR, message_text, read_rows
+from qrtrain.errors import QrtrainError
+
+CITE_INSTRUCTION = "Answer from the sources and end with the id of the source you used, like [{example}]."
+
+
+def load_items(path: Path) -> list[dict]:
+    """Evaluation items with a prompt conversation; refuses a set with none usable."""
+    items, problems = [], []
+    folder = Path(path).parent
+    for where, row in read_rows(Path(path)):
+        item = to_item(row, len(items))
+        if isinstance(item, dict) and row.get("images"):
+            from qrtrain.data.rows import multimodal_row
+
+            item["images"] = multimodal_row(row, where, folder)["images"]
+        if isinstance(item, str):
+            problems.append(f"{where}: {item}")
+        else:
+            items.append(item)
+    if not items:
+        detail = ("; e.g. " + problems[0]) if problems else ""
+        raise QrtrainError(f"{path}: no usable evaluation items (each needs `messages` with a user turn, "
+                           f"or `question`){detail}")
+    return items
+
+
+def to_item(row, index: int):
+    if not isinstance(row, dict):
+        return "expected a JSON object"
+    if isinstance(row.get("messages"), list) and row["messages"]:
+        messages = [m for m in row["messages"] if isinstance(m, dict) and isinstance(m.get("content"), (str, list))]
+        reference = None
+        if messages and messages[-1].get("role") == "assistant":
+            reference = message_text(messages[-1])
+            messages = messages[:-1]
+        if not any(m.get("role") == "user" for m in messages):
+            return "`messages` has no user turn"
+        prompt = [{"role": m["role"], "content": m["content"]} for m in messages]
+    elif isinstance(row.get("question"), str) and row["question"].strip():
+        prompt = ([{"role": "system", "content": row["system"]}] if isinstance(row.get("system"), str) else [])
+        prompt.append({"role": "user", "content": row["question"]})
+        reference = None
+    else:
+        return "needs `messages` or `question`"
+    reference = row.get("answer", reference)
+    context = row.get("context") or []
+    if not (isinstance(context, list) and all(isinstance(c, dict) and "id" in c and "text" in c for c in context)):
+        return "`context` must be a list of {id, text} passages"
+    return {
+        "id": str(row.get("id", f"item-{index + 1}")),
+        "prompt": prompt,
+        "reference": reference if isinstance(reference, str) else None,
+        "keywords": row.get("keywords") if isinstance(row.get("keywords"), list) else None,
+        "expect_json": bool(row.get("expect_json", False)),
+        "should_refuse": bool(row.get("should_refuse", False)),
+        "source": row.get("source"),
+        "context": context,
+        "images": None,
+    }
+
+
+def with_context(prompt: list[dict], passages: list[dict]) -> list[dict]:
+    """The prompt with the passages in its system message, asking for a citation; the question unchanged."""
+    if not passages:
+        return prompt
+    sources = "\n".join(f"[{p['id']}] {p['text']}" for p in passages)
+    instruction = CITE_INSTRUCTION.format(example=passages[0]["id"])
+    if prompt and prompt[0]["role"] == "system":
+        system, rest = prompt[0]["content"] + "\n\n", prompt[1:]
+    else:
+        system, rest = "", prompt
+    return [{"role": "system", "content": f"{system}Sources:\n{sources}\n\n{instruction}"}] + rest
+
+
+def score(items: list[dict], answers: list[dict], passages: list[list[dict]]) -> tuple[dict, list[dict]]:
+    """(aggregate metrics, per-item rows) for the answers, each metric where the items support it."""
+    from qrtrain.evaluation import metrics
+
+    rows, per_metric = [], {}
+    for item, answer, used in zip(items, answers, passages):
+        text = answer["answer"]
+        row = {"id": item["id"], "question": message_text(item["prompt"][-1])[-300:], "answer": text,
+               "reference": item["reference"], "latency_s": answer["latency_s"]}
+        if item["reference"] is not None and not item["should_refuse"]:
+            row["exact_match"] = metrics.exact_match(text, item["reference"])
+            row["f1"] = metrics.token_f1(text, item["reference"])
+        if item["keywords"]:
+            row["keyword_accuracy"] = metrics.keywords_hit(text, item["keywords"])
+        if item["expect_json"]:
+            row["json_valid"] = metrics.json_valid(text)
+        if item["should_refuse"]:
+            row["refusal_correct"] = float(metrics.is_refusal(text))
+        if used:
+            row["citation"] = metrics.cites_known_source(text, [p["id"] for p in used])
+            row["groundedness"] = metrics.groundedness(text, [p["text"] for p in used])
+        rows.append(row)
+        for key in ("exact_match", "f1", "keyword_accuracy", "json_valid", "refusal_correct", "citation", "groundedness"):
+            if key in row:
+                per_metric.setdefault(key, []).append(row[key])
+    aggregate = {key: {"mean": metrics.mean(values), "ci95": metrics.bootstrap_ci(values), "n": len(values)}
+                 for key, values in per_metric.items()}
+    scored = [(a["answer"], i["reference"]) for a, i in zip(answers, items) if i["reference"] and not i["should_refuse"]]
+    if scored:
+        aggregate.update({k: {"mean": v, "ci95": None, "n": len(scored)}
+                          for k, v in metrics.corpus_scores(*map(list, zip(*scored))).items()})
+    latencies = [a["latency_s"] for a in answers]
+    aggregate["latency_p50_s"] = {"mean": metrics.percentile(latencies, 50), "ci95": None, "n": len(latencies)}
+    aggregate["latency_p95_s"] = {"mean": metrics.percentile(latencies, 95), "ci95": None, "n": len(latencies)}
+    aggregate["tokens_per_s"] = {"mean": sum(a["new_tokens"] for a in answers) / max(_batch_time(answers), 1e-9),
+                                 "ci95": None, "n": len(answers)}
+    return aggregate, rows
+
+
+def _batch_time(answers: list[dict]) -> float:
+    """Generation wall time: each batch's latency counted once (the answers of a batch share it)."""
+    return sum({a.get("batch", i): a["latency_s"] for i, a in enumerate(answers)}.values())
+
+
+def base_folder_for(cfg, recorded: Path) -> Path:
+    folder = Path(cfg.model.path) if cfg.model.get("path") else recorded
+    if not (folder / "config.json").is_file():
+        raise QrtrainError(f"base model folder {folder} is missing; pass model.path=FOLDER with the base model "
+                           "(the artifact's metadata.json names the one it was trained on)")
+    return folder
+
+
+def suite_items(cfg, model_type: str = "dialogue") -> list[dict]:
+    demo = "shapes_heldout.jsonl" if model_type == "multimodal" else "qa_heldout.jsonl"
+    path = Path(cfg.evaluation.questions) if cfg.evaluation.questions else DEMO_DIR / demo
+    return load_items(path)
+
+
+def evaluate(target: Path, overrides: list[str]) -> Path:
+    """Verify, load, measure, report; returns the evaluation folder."""
+    from qrtrain.config import compose
+
+    cfg = compose(overrides, config_name="evaluate")
+    artifact, recorded_base = resolve_target(target)
+    model_type = json.loads((artifact / "metadata.json").read_text())["model_type"] if artifact else "dialogue"
+    items = suite_items(cfg, model_type)
+
+    from qrtrain.evaluation import generation, report
+    from qrtrain.models import loading as models
+    from qrtrain.terminal import quiet_libraries, say
+
+    quiet_libraries()
+    base = base_folder_for(cfg, recorded_base)
+    device = models.resolve_device(cfg.device)
+    dtype = models.compute_dtype(cfg.dtype, device)
+    model = models.load_model_for_inference(base, device, dtype)
+    if artifact is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, artifact).eval()
+    tokenizer = models.load_chat_tokenizer(artifact or base, vision=models.is_vision_language(base))
+    say(f"evaluating {artifact or base} on {len(items)} items ({cfg.evaluation.name}) on {device}")
+
+    prompts = [with_context(i["prompt"], i["context"]) for i in items]
+    images = [i["images"] for i in items]
+    referenced = [(p + [{"role": "assistant", "content": i["reference"]}], i["images"]) for p, i in zip(prompts, items) if i["reference"]]
+    started = time.time()
+    loss = generation.answer_loss(model, tokenizer, [c for c, _ in referenced], [im for _, im in referenced])
+    answers = generation.generate_answers(model, tokenizer, prompts, cfg.generation.batch_size,
+                                          cfg.generation.max_new_tokens, cfg.generation.seed, images)
+    aggregate, rows = score(items, answers, [i["context"] for i in items])
+    aggregate["loss"] = {"mean": loss["loss"], "ci95": None, "n": loss["tokens"]}
+    aggregate["perplexity"] = {"mean": loss["perplexity"], "ci95": None, "n": loss["tokens"]}
+    aggregate["peak_memory_mb"] = {"mean": generation.peak_memory_mb(device), "ci95": None, "n": 1}
+
+    result = {"target": str(artifact or base), "base_model": str(base), "suite": cfg.evaluation.name,
+              "created": datetime.now().isoformat(timespec="seconds"), "device": device,
+              "seconds": round(time.time() - started, 2), "metrics": aggregate, "items": rows}
+    folder = output_folder(cfg, artifact, base)
+    write_json(folder / "report.json", result)
+    (folder / "report.md").write_text(report.evaluation_markdown(result), encoding="utf-8")
+    report.metrics_chart({result["target"]: aggregate}, folder / "metrics.png")
+    if artifact is not None:
+        report.loss_curve(artifact / "training_metrics.json", folder / "training_loss.png")
+    report.print_evaluation(result)
+    say(f"report: {folder}")
+    return folder
+
+
+def output_folder(cfg, artifact: Path | None, base: Path) -> Path:
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if cfg.output_dir:
+        folder = Path(cfg.output_dir)
+    elif artifact is not None:
+        folder = artifact.parent / "evaluations" / f"{artifact.name}-{cfg.evaluation.name}-{stamp}"
+    else:
+        folder = Path("outputs") / "evaluations" / f"{base.name}-{cfg.evaluation.name}-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

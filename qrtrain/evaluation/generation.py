@@ -1,0 +1,87 @@
+"""Answers and losses from a base model, with or without a LoRA adapter.
+
+    qrtrain evaluate outputs/NAME/v1 generation.max_new_tokens=32
+
+Generation is batched (left padding), greedy and seeded, and uses the chat template
+the adapter was trained with.
+"""
+
+import math
+import time
+
+
+def encode(processing, texts: list[str], images: list | None, device):
+    """Token ids (and pixel values) for rendered prompts; images per prompt when the items have them."""
+    tokenizer = getattr(processing, "tokenizer", processing)
+    if images and any(images):
+        return processing(text=texts, images=images, return_tensors="pt", padding=True).to(device)
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+
+
+def generate_answers(model, processing, prompts: list[list[dict]], batch_size: int, max_new_tokens: int,
+                     seed: int, images: list | None = None) -> list[dict]:
+    """One {answer, latency_s, new_tokens} per prompt; latency is the wall time of the answer's batch."""
+    import torch
+
+    tokenizer = getattr(processing, "tokenizer", processing)
+    torch.manual_seed(seed)
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        texts = [processing.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
+        inputs = encode(processing, texts, images[start:start + batch_size] if images else None, model.device)
+        began = time.perf_counter()
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        latency = time.perf_counter() - began
+        for row in output[:, inputs["input_ids"].shape[1]:]:
+            tokens = row.tolist()
+            stopped = tokenizer.eos_token_id in tokens
+            if stopped:
+                tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
+            tokens = [t for t in tokens if t != tokenizer.pad_token_id]
+            results.append({"answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                            "latency_s": latency, "new_tokens": len(tokens) + stopped, "batch": start // batch_size})
+    return results
+
+
+def answer_loss(model, processing, conversations: list[list[dict]], images: list | None = None) -> dict:
+    """Mean loss (and perplexity) over the final assistant answer of complete conversations."""
+    import torch
+
+    total_loss, total_tokens = 0.0, 0
+    for n, messages in enumerate(conversations):
+        pictures = [images[n]] if images and images[n] else None
+        full = encode(processing, [processing.apply_chat_template(messages, tokenize=False)], pictures, model.device)
+        prompt = encode(processing, [processing.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)],
+                        pictures, model.device)
+        ids = full["input_ids"]
+        labels = ids.clone()
+        labels[:, :prompt["input_ids"].shape[1]] = -100  # chat templates render the prompt as a prefix
+        eos = (ids[0] == getattr(processing, "tokenizer", processing).eos_token_id).nonzero()
+        if len(eos):
+            labels[:, int(eos[-1]) + 1:] = -100  # template text after the end-of-turn token is not learned
+        extra = {k: v for k, v in full.items() if k not in ("input_ids", "attention_mask")}
+        count = int((labels[:, 1:] != -100).sum())
+        if count == 0:
+            continue
+        with torch.no_grad():
+            loss = model(input_ids=ids, attention_mask=full["attention_mask"], labels=labels, **extra).loss
+        total_loss += loss.item() * count
+        total_tokens += count
+    if total_tokens == 0:
+        return {"loss": None, "perplexity": None, "tokens": 0}
+    mean = total_loss / total_tokens
+    return {"loss": mean, "perplexity": math.exp(mean), "tokens": total_tokens}
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,113 @@
+"""Padding-free attention: the examples of a batch are one row, and each attends only to itself.
+
+    qrtrain train training.padding_free=true         # auto: on for CUDA with torch's varlen kernel
+
+TRL's padding-free collator concatenates a batch into one row with per-example `position_ids`
+and the cumulative lengths `cu_seq_lens_q/k` and `max_length_q/k`; transformers passes these
+to the attention function. `varlen_attention` hands them to PyTorch's bundled FlashAttention-2
+for variable-length batches (`torch.nn.attention.varlen.varlen_attn`, torch >= 2.10), registered
+with transformers' `AttentionInterface` under the name `qrtrain_varlen`. No compute or memory
+goes to padding, and no dense block mask is built.
+"""
+
+import functools
+import inspect
+
+NAME = "qrtrain_varlen"
+
+
+def varlen_kernel():
+    """torch's variable-length FlashAttention, or None where this torch or device has none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def varlen_usable(device: str, dtype) -> bool:
+    """The kernel runs on CUDA in bf16/fp16 only."""
+    import torch
+
+    return device == "cuda" and dtype in (torch.bfloat16, torch.float16) and varlen_kernel() is not None
+
+
+def register_varlen_attention(kernel=None) -> str:
+    """Register `qrtrain_varlen` with transformers (the CUDA kernel, or `kernel`: tests pass a stand-in)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+
+    kernel = kernel or varlen_kernel()
+    AttentionInterface.register(NAME, functools.partial(varlen_attention, kernel=kernel))
+    # Like FlashAttention: no 4D mask; a 2D padding mask only where a padded batch comes through.
+    AttentionMaskInterface.register(NAME, flash_attention_mask)
+    return NAME
+
+
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, kernel,
+                     cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
+    """transformers' attention signature: query (1, Hq, T, D), key/value (1, Hkv, T, D) -> ((1, T, Hq, D), None).
+
+    A batch without `cu_seq_lens_q` (a padded batch, e.g. from a caller that pads) goes through SDPA
+    with a causal and padding mask instead, so every input stays exact."""
+    if cu_seq_lens_q is None:
+        return _padded_attention(query, key, value, attention_mask, scaling)
+    heads, kv_heads = query.shape[1], key.shape[1]
+    q = query.transpose(1, 2).reshape(-1, heads, query.shape[-1])
+    k = key.transpose(1, 2).reshape(-1, kv_heads, key.shape[-1])
+    v = value.transpose(1, 2).reshape(-1, kv_heads, value.shape[-1])
+    accepts = _parameters(kernel)
+    options = {"scale": scaling}
+    if "window_size" in accepts:  # torch >= 2.11: causal is a (-1, 0) window
+        options["window_size"] = (-1, 0)
+    else:  # torch 2.10
+        options["is_causal"] = True
+    if heads != kv_heads:
+        if "enable_gqa" in accepts:
+            options["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(heads // kv_heads, dim=1)
+            v = v.repeat_interleave(heads // kv_heads, dim=1)
+    cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
+    out = kernel(q, k, v, cu_seq_lens_q.to(q.device, non_blocking=True), cu_k.to(q.device, non_blocking=True),
+                 int(max_length_q), int(max_length_k if max_length_k is not None else max_length_q), **options)
+    return out.reshape(query.shape[0], -1, heads, query.shape[-1]), None
+
+
+@functools.lru_cache(maxsize=8)
+def _parameters(kernel) -> frozenset:
+    return frozenset(inspect.signature(kernel).parameters)
+
+
+def _padded_attention(query, key, value, attention_mask, scaling):
+    import torch
+    import torch.nn.functional as F
+
+    length = query.shape[2]
+    mask = torch.ones(length, key.shape[2], dtype=torch.bool, device=query.device).tril()
+    if attention_mask is not None and attention_mask.dim() == 2:
+        mask = mask[None, None] & attention_mask[:, None, None, -key.shape[2]:].bool()
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
+                                         enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+def per_example_sdpa(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                     enable_gqa=False):
+    """A stand-in for `varlen_attn` with its signature: causal SDPA over each example separately.
+    Slow and exact; tests inject it where the CUDA kernel is not available."""
+    import torch
+    import torch.nn.functional as F
+
+    assert window_size == (-1, 0), "qrtrain asks for causal attention"
+    outputs = []
+    bounds = cu_seq_q.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qi, ki, vi = (t[start:end].transpose(0, 1) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=enable_gqa)
+        outputs.append(out.transpose(0, 1))
+    return torch.cat(outputs)

@@ -1,0 +1,87 @@
+"""The training and evaluation sets of a run, built from checked sources before any model is loaded.
+
+    qrtrain train data.train=my.jsonl                   # text | prompt/completion | messages | instruction/output
+    qrtrain train data.train=[a.jsonl,b.parquet] data.weights=[3,1]
+"""
+
+from pathlib import Path
+
+from qrtrain.artifacts.manifest import build_manifest, sha256_file
+from qrtrain.config import train_sources
+from qrtrain.data.rows import DEMO_DIR, load_source
+from qrtrain.errors import QrtrainError
+
+
+def unify(sources: list[list[dict]]) -> list[list[dict]]:
+    """model_type=standard: if text meets prompt/completion, text becomes a completion with an empty prompt."""
+    if any("prompt" in s[0] for s in sources) and any("text" in s[0] for s in sources):
+        return [[{"prompt": "", "completion": r["text"]} if "text" in r else r for r in s] for s in sources]
+    return sources
+
+
+def load_datasets(cfg):
+    """(train, eval, sources): datasets.Dataset objects (eval may be None) and [{path, role, rows}] per source."""
+    from datasets import Dataset, interleave_datasets
+
+    model_type = cfg.model_type.name
+    paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / cfg.model_type.demo_train]
+    sources = unify([load_source(p, model_type) for p in paths])
+    described = [{"path": str(p), "role": "train", "rows": len(rows)} for p, rows in zip(paths, sources)]
+    datasets = [Dataset.from_list(rows) for rows in sources]
+    if len(datasets) == 1:
+        train = datasets[0]
+    else:
+        weights = list(cfg.data.weights) if cfg.data.weights is not None else [len(d) for d in datasets]
+        total = float(sum(weights))
+        train = interleave_datasets(datasets, probabilities=[w / total for w in weights], seed=cfg.seed,
+                                    stopping_strategy="all_exhausted")
+    if cfg.data.eval is not None:
+        eval_set = Dataset.from_list(unify([load_source(Path(cfg.data.eval), model_type)])[0])
+        described.append({"path": str(cfg.data.eval), "role": "eval", "rows": len(eval_set)})
+    elif cfg.data.train is None and cfg.model_type.demo_eval:
+        eval_set = Dataset.from_list(load_source(DEMO_DIR / cfg.model_type.demo_eval, model_type))
+        described.append({"path": str(DEMO_DIR / cfg.model_type.demo_eval), "role": "eval", "rows": len(eval_set)})
+    elif cfg.data.eval_fraction > 0 and len(train) >= 2:
+        split = train.train_test_split(test_size=max(1, round(len(train) * cfg.data.eval_fraction)), seed=cfg.seed)
+        train, eval_set = split["train"], split["test"]
+    else:
+        eval_set = None
+    if len(train) == 0:
+        raise QrtrainError(f"no training examples left in {', '.join(map(str, paths))} after the evaluation split; "
+                           "add data or set data.eval_fraction=0")
+    return train, eval_set, described
+
+
+def token_report(dataset, tokenizer, max_length: int) -> dict:
+    """Count examples longer than max_length and those whose loss tokens all lie beyond it."""
+    truncated = no_loss = 0
+    for row in dataset:
+        if "messages" in row:
+            encoded = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+                                                    return_assistant_tokens_mask=True)
+            ids, mask = encoded["input_ids"], encoded["assistant_masks"]
+        elif "prompt" in row:
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            ids = tokenizer(row["prompt"] + row["completion"])["input_ids"]
+            mask = [0] * len(prompt) + [1] * (len(ids) - len(prompt))
+        else:
+            ids = tokenizer(row["text"])["input_ids"]
+            mask = [1] * len(ids)
+        truncated += len(ids) > max_length
+        no_loss += sum(mask[1:max_length]) == 0  # the first token is never predicted
+    return {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss}
+
+
+def check_token_lengths(train, tokenizer, max_length: int) -> dict:
+    """Refuse a set where max_length cuts every loss token; report counts otherwise."""
+    report = token_report(train, tokenizer, max_length)
+    if report["all_loss_tokens_cut"] == report["examples"]:
+        raise QrtrainError(f"all {report['examples']} training examples lose every loss token to "
+                           f"training.max_length={max_length}; raise training.max_length or shorten the prompts")
+    return report
+
+
+def hash_sources(sources: list[dict]) -> list[dict]:
+    """Each source with the sha256 of its file (or the root digest of a dataset folder)."""
+    return [dict(s, sha256=sha256_file(Path(s["path"])) if Path(s["path"]).is_file()
+                 else build_manifest(Path(s["path"]))["root_digest"]) for s in sources]

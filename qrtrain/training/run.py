@@ -1,0 +1,94 @@
+"""`qrtrain train`'s entry: the overrides go to Hydra's own run machinery, each job runs the story.
+
+    qrtrain train model=tiny training.max_steps=5
+    qrtrain train -m strategy=standard,finetune model=tiny training.max_steps=2
+    qrtrain train --cfg job
+
+Exit codes: 0 published, 1 training failed, 2 bad input (config, data, overrides), 130/143 interrupted.
+"""
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from qrtrain.artifacts.versions import check_writable
+from qrtrain.errors import QrtrainError
+
+_task_started = False
+
+
+def run_hydra(overrides: list[str]) -> int:
+    """Hand the overrides to Hydra's own run machinery (multirun, launchers, sweepers, --cfg, --help)."""
+    import hydra
+
+    from qrtrain.config import conf_dir
+
+    global _task_started
+    _task_started = False
+    if os.environ.get("QRTRAIN_DEBUG"):
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    check_override_syntax(overrides)
+    check_writable(Path(artifact_root(overrides)))  # Hydra creates its run folder there first
+    sys.argv = ["qrtrain train", *overrides]
+    main = hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(hydra_task)
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        # Hydra exits 1 on a config it cannot compose (unknown option, bad override): that is a usage error.
+        return 2 if code == 1 and not _task_started else code
+    return 0
+
+
+def check_override_syntax(overrides: list[str]) -> None:
+    """Name the key=value token that Hydra's override grammar rejects (Hydra's own message does not)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for token in overrides:
+        if token.startswith("-") or "=" not in token:
+            continue
+        try:
+            parser.parse_overrides([token])
+        except OverrideParseException as error:
+            raise QrtrainError(f"override {token!r} is not valid Hydra syntax ({error.message.splitlines()[0]}); "
+                               "write key=value, lists as key=[a,b], quote values with spaces") from None
+
+
+def artifact_root(overrides: list[str]) -> str:
+    """artifact.root as the overrides set it (the last plain value), else the default."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    root = "outputs"
+    for token in overrides:
+        if token.startswith("artifact.root="):
+            override = OverridesParser.create().parse_overrides([token])[0]
+            if not override.is_sweep_override() and isinstance(override.value(), str):
+                root = override.value()
+    return root
+
+
+def hydra_task(cfg) -> float:
+    """One Hydra job: train and publish; returns the final evaluation loss (the sweep objective)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from qrtrain.terminal import report_error
+
+    global _task_started
+    _task_started = True
+    try:
+        from qrtrain.training.train import train
+
+        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except QrtrainError as error:
+        if os.environ.get("QRTRAIN_DEBUG"):
+            traceback.print_exc()
+        report_error(error)
+        sys.exit(error.exit_code)
+    except Exception as error:  # a crash, not bad input: say so, traceback only with --debug
+        if os.environ.get("QRTRAIN_DEBUG"):
+            raise
+        report_error(QrtrainError(f"training failed: {type(error).__name__}: {error} (rerun with --debug for the traceback)"))
+        sys.exit(1)

@@ -1,0 +1,131 @@
+"""The training story, top to bottom: check config -> load and check data -> load tokenizer
+and model -> add LoRA -> build trainer -> train -> evaluate -> check the base is untouched -> publish.
+
+    qrtrain train model=tiny training.max_steps=5
+
+Fine-tuning is TRL's SFTTrainer with PEFT LoRA (QLoRA through bitsandbytes); `qrtrain.training.run`
+hands the command line to Hydra, which calls `train` once per job.
+"""
+
+import shutil
+import time
+from pathlib import Path
+
+from qrtrain.artifacts.versions import check_writable
+from qrtrain.errors import QrtrainError
+from qrtrain.terminal import quiet_libraries, say
+
+
+def train(cfg, run_dir: Path) -> float:
+    """Train and publish one version; returns the final evaluation loss (the sweep objective)."""
+    from qrtrain.config import check_config
+    from qrtrain.training.datasets import check_token_lengths, hash_sources, load_datasets
+
+    check_config(cfg)
+    check_writable(Path(cfg.artifact.root))
+    train_set, eval_set, data_sources = load_datasets(cfg)
+    data_sources = hash_sources(data_sources)
+
+    quiet_libraries()
+    from transformers import set_seed
+
+    from qrtrain.models.loading import compute_dtype, load_model, load_tokenizer, model_folder, resolve_device
+    from qrtrain.training import checkpoints
+
+    result_config = checkpoints.result_config(cfg, data_sources)
+    checkpoint_dir, checkpoint_lock = checkpoints.claim_folder(checkpoints.checkpoints_folder(cfg, result_config))
+    resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
+
+    folder = model_folder(cfg.model)
+    tokenizer = load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
+    if cfg.model_type.name == "multimodal":
+        say(f"data: {len(train_set)} training examples with images, "
+            f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
+    else:
+        lengths = check_token_lengths(train_set, tokenizer, cfg.training.max_length)
+        say(f"data: {len(train_set)} training examples ({lengths['truncated']} truncated to {cfg.training.max_length} "
+            f"tokens, {lengths['all_loss_tokens_cut']} dropped: no loss token left), "
+            f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
+
+    device = resolve_device(cfg.training.device)
+    dtype = compute_dtype(cfg.training.dtype, device)
+    set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
+    model = load_model(folder, cfg, device, dtype)
+
+    from peft import get_peft_model
+
+    from qrtrain.training.lora import check_only_lora_trainable, frozen_digest, lora_config
+
+    model = get_peft_model(model, lora_config(cfg))
+    trainable, total = check_only_lora_trainable(model)
+    base_digest = frozen_digest(model)
+    say(f"model: {folder.name} on {device} ({str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
+        f"{trainable:,} of {total:,} parameters trainable (LoRA only)")
+
+    from qrtrain.training.extensions import build_extensions, load_states
+
+    extensions = build_extensions(cfg)
+    stop = checkpoints.StopOnSignal()
+    from qrtrain.training.trainer import build_trainer
+
+    trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype,
+                            checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop,
+                            extensions=extensions)
+    if resume_from is not None:
+        load_states(extensions, resume_from)
+        say(f"resuming from step {resume_from.name.split('-')[1]} ({resume_from})")
+    started = time.time()
+    stop.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        stop.uninstall()
+    if stop.exit_code is not None:
+        saved = checkpoints.complete_checkpoints(checkpoint_dir)
+        where = f"checkpoint saved at step {trainer.state.global_step} ({saved[-1]})" if saved else "no checkpoint saved"
+        checkpoints.report_interrupt(where, stop.exit_code)
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
+               "global_step": trainer.state.global_step,
+               "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)}
+    if eval_set is not None:
+        metrics.update(trainer.evaluate())
+
+    if frozen_digest(model) != base_digest:
+        raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
+    if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
+        return float(metrics.get("eval_loss", metrics["train_loss"]))
+
+    try:
+        version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
+    except OSError as error:
+        raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
+                           "nothing was published and earlier versions are untouched; free space or choose "
+                           "another artifact.root, then run the same command to resume", exit_code=1) from None
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the training is done: its checkpoints served their purpose
+    if checkpoint_lock is not None:
+        checkpoint_lock.close()
+    say(f"published {version}; check it with: qrtrain verify {version}")
+    print(version)
+    return float(metrics.get("eval_loss", metrics["train_loss"]))
+
+
+def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], base_folder: Path, device: str,
+            base_digest: str) -> Path:
+    """Save the adapter, tokenizer, config, metrics, metadata and model card as the next version."""
+    from omegaconf import OmegaConf
+
+    from qrtrain.artifacts.manifest import write_json
+    from qrtrain.artifacts.provenance import model_card, version_metadata
+    from qrtrain.artifacts.versions import publish_version, staging_folder
+    from qrtrain.training.extensions import describe as describe_extensions
+
+    with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+        write_json(staging / "training_metrics.json",
+                   {"final": metrics, "history": [entry for entry in trainer.state.log_history]})
+        metadata = version_metadata(cfg, tokenizer, data_sources, base_folder, device, base_digest,
+                                    describe_extensions(cfg))
+        (staging / "README.md").write_text(model_card(cfg, metadata, metrics), encoding="utf-8")
+        return publish_version(staging, metadata)
