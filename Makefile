@@ -2,6 +2,7 @@
 # make test   : set up .venv, run the fast test suite
 # make test-slow : the slow tests (default model end to end, many fuzz cases)
 # make bench  : benchmarks (scripts/)
+# make bench-gpu : qrtrain vs plain TRL on one CUDA GPU (scripts/bench_gpu.py); GPU users: make TORCH_SPEC=torch
 
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 # CPU machines: this torch version is a CPU wheel on the build machines; GPU users: make TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench clean-cache
+.PHONY: install demo test test-slow bench bench-gpu clean-cache
 
 install: $(STAMP)
 
@@ -34,6 +35,9 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_verify.py
+
+bench-gpu: $(STAMP)
+	$(PY) scripts/bench_gpu.py
 
 clean-cache:
 	rm -rf "$${QRTRAIN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/qrtrain}"

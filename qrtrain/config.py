@@ -66,8 +66,11 @@ def check_config(cfg) -> None:
     need("training.lr_scheduler", t.lr_scheduler in ("cosine", "linear", "constant"), "one of cosine, linear, constant")
     need("training.dtype", t.dtype in ("auto", "float32", "bfloat16", "float16"), "one of auto, float32, bfloat16, float16")
     need("training.device", t.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
-    for key in ("gradient_checkpointing", "packing"):
-        need(f"training.{key}", isinstance(t[key], bool), "true or false")
+    need("training.packing", isinstance(t.packing, bool), "true or false")
+    for key in ("gradient_checkpointing", "padding_free", "liger_kernel"):
+        need(f"training.{key}", isinstance(t[key], bool) or t[key] == "auto", "auto, true or false")
+    need("training.memory_budget_gib", t.memory_budget_gib is None
+         or (_is_number(t.memory_budget_gib) and t.memory_budget_gib > 0), "null or a number of GiB above 0")
     need("seed", _is_int(cfg.seed) and cfg.seed >= 0, "a whole number, 0 or more")
 
     lora = cfg.lora

@@ -41,8 +41,13 @@ def run_training(kind: str, folder: Path, steps: int, batch: int, max_length: in
                        "training.eval_steps=0", "training.logging_steps=1", "checkpoint.every_steps=0",
                        "data.eval_fraction=0", f"artifact.root={tmp}/out", "resume=never"]
         else:
-            command = [sys.executable, str(ROOT / "scripts" / "plain_trl_sft.py"), str(folder), str(steps), str(batch),
-                       str(max_length), str(packing).lower(), str(grad_ckpt).lower(), quant]
+            data = ROOT / "qrtrain" / "data" / "demo" / "qa_train.jsonl"
+            template = ROOT / "qrtrain" / "models" / "chat_templates" / "smollm2_training.jinja"
+            command = [sys.executable, str(ROOT / "scripts" / "plain_trl_sft.py"), "--model", str(folder),
+                       "--data", str(data), "--steps", str(steps), "--batch", str(batch), "--max-length",
+                       str(max_length), "--cpu", "--chat-template", str(template),  # SmolLM2's has no markers
+                       *(["--packing"] if packing else []), *([] if grad_ckpt else ["--no-gradient-checkpointing"]),
+                       *(["--nf4"] if quant == "nf4" else [])]
         started = time.time()
         result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp)
         if result.returncode != 0:
@@ -215,7 +220,10 @@ def main() -> None:
     report = {"machine": machine(), "steps": steps, "repeats": repeats, "seconds": round(time.time() - started, 1),
               "gguf_load_s": gguf_load, "cached_load_s": summary(cached_loads), "qrtrain_help_s": help_time,
               "python_pass_s": pass_time, "runs": results, "figures": figures}
-    (ROOT / "BENCHMARKS.md").write_text(markdown(report), encoding="utf-8")
+    path = ROOT / "BENCHMARKS.md"
+    previous = path.read_text(encoding="utf-8") if path.exists() else ""
+    gpu = previous[previous.find("<!-- bench-gpu -->"):] if "<!-- bench-gpu -->" in previous else ""
+    path.write_text(markdown(report) + ("\n" + gpu if gpu else ""), encoding="utf-8")  # keep make bench-gpu's section
     print(json.dumps(report))
 
 

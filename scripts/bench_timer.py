@@ -1,14 +1,18 @@
-"""A TrainerCallback that records when training began, when each step ended, tokens and peak memory.
+"""A TrainerCallback that records when training began, when each step ended, tokens, losses and peak memory,
+and, with BENCH_PROFILE=FILE, a torch.profiler table of the top kernels over steps 6-8.
 
-Used unchanged by both sides of scripts/bench.py: as a qrtrain extension
+Used unchanged by both sides of scripts/bench.py and scripts/bench_gpu.py: as a qrtrain extension
 (scripts/bench_conf/extensions/bench_timer.yaml) and inside scripts/plain_trl_sft.py.
 """
 
 import json
+import os
 import resource
 import time
 
 from transformers import TrainerCallback
+
+PROFILE_STEPS = (5, 8)  # profile from the end of step 5 to the end of step 8
 
 
 class BenchTimer(TrainerCallback):
@@ -16,16 +20,44 @@ class BenchTimer(TrainerCallback):
         self.out = out
         self.began = None
         self.step_ends = []
+        self.profiler = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         self.began = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available() and state.global_step in (1, state.max_steps):
+            torch.cuda.synchronize()  # first and last step: their ends are real; between, the GPU queue runs on
         self.step_ends.append(time.time())
+        profile = os.environ.get("BENCH_PROFILE")
+        if profile and state.global_step == PROFILE_STEPS[0]:
+            from torch.profiler import ProfilerActivity, profile as start_profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self.profiler = start_profile(activities=activities)
+            self.profiler.__enter__()
+        elif self.profiler is not None and state.global_step == PROFILE_STEPS[1]:
+            self.profiler.__exit__(None, None, None)
+            sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+            with open(profile, "w") as f:
+                f.write(self.profiler.key_averages().table(sort_by=sort, row_limit=25))
+            self.profiler = None
 
     def on_train_end(self, args, state, control, **kwargs):
+        import torch
+
         tokens = [h["num_tokens"] for h in state.log_history if "num_tokens" in h and "loss" in h]
         losses = [h["loss"] for h in state.log_history if "loss" in h]
+        cuda = torch.cuda.is_available()
         with open(self.out, "w") as f:
             json.dump({"train_began": self.began, "step_ends": self.step_ends, "num_tokens": tokens, "losses": losses,
-                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
+                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                       "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                       "peak_gpu_reserved_mb": torch.cuda.max_memory_reserved() / 2**20 if cuda else None,
+                       "device": torch.cuda.get_device_name(0) if cuda else "cpu"}, f)

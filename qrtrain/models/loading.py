@@ -218,14 +218,14 @@ def quantization_config(cfg, dtype):
     )
 
 
-def load_model(folder: Path, cfg, device: str, dtype):
-    """Load the base model, quantized when the config says so, with the given compute dtype."""
+def load_model(folder: Path, cfg, device: str, dtype, attention: str = "sdpa"):
+    """Load the base model, quantized when the config says so, with the given compute dtype and attention."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     auto = AutoModelForImageTextToText if cfg.model_type.name == "multimodal" else AutoModelForCausalLM
     quant = quantization_config(cfg, dtype)
-    kwargs = {"dtype": dtype, "quantization_config": quant}
+    kwargs = {"dtype": dtype, "quantization_config": quant, "attn_implementation": attention}
     if device == "cuda":
         kwargs["device_map"] = {"": 0}
     try:
@@ -233,15 +233,13 @@ def load_model(folder: Path, cfg, device: str, dtype):
     except (OSError, ValueError, KeyError, SafetensorError) as error:
         raise model_load_error(folder, error) from None
     if quant is not None:
-        from peft import prepare_model_for_kbit_training
-
         # bitsandbytes repacks 4-bit weights for AVX512-BF16 CPUs on the first no-grad forward (evaluation), and
         # its inverse is lossy: absmax values change. Keep the base bit-identical by never repacking.
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
+        # No prepare_model_for_kbit_training: PEFT freezes the base itself, qrtrain.training.memory checkpoints, and
+        # its upcast of norms, embeddings and the LM head to float32 would cost memory and bf16 speed on GPUs.
     return model
 
 

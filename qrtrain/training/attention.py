@@ -36,6 +36,24 @@ def varlen_usable(device: str, dtype) -> bool:
     return device == "cuda" and dtype in (torch.bfloat16, torch.float16) and varlen_kernel() is not None
 
 
+def choose_attention(setting, model_type: str, device: str, dtype) -> tuple[bool, str]:
+    """(padding_free, attn_implementation) for training.padding_free=auto|true|false.
+
+    auto: padding-free with `qrtrain_varlen` where the varlen kernel runs (CUDA, bf16/fp16, torch >= 2.10);
+    padded SDPA elsewhere, which on CPU measured faster than one long row with a block-diagonal mask.
+    true without the kernel: padding-free through SDPA with transformers' block-diagonal mask (exact)."""
+    from qrtrain.errors import QrtrainError
+
+    if model_type == "multimodal":
+        if setting is True:
+            raise QrtrainError("training.padding_free=true: TRL pads image batches, so model_type=multimodal cannot "
+                               "train padding-free; use training.padding_free=auto or false")
+        return False, "sdpa"
+    usable = varlen_usable(device, dtype)
+    padding_free = usable if setting == "auto" else bool(setting)
+    return padding_free, register_varlen_attention() if padding_free and usable else "sdpa"
+
+
 def register_varlen_attention(kernel=None) -> str:
     """Register `qrtrain_varlen` with transformers (the CUDA kernel, or `kernel`: tests pass a stand-in)."""
     from transformers import AttentionInterface
@@ -94,20 +112,3 @@ def _padded_attention(query, key, value, attention_mask, scaling):
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling,
                                          enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2).contiguous(), None
-
-
-def per_example_sdpa(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
-                     enable_gqa=False):
-    """A stand-in for `varlen_attn` with its signature: causal SDPA over each example separately.
-    Slow and exact; tests inject it where the CUDA kernel is not available."""
-    import torch
-    import torch.nn.functional as F
-
-    assert window_size == (-1, 0), "qrtrain asks for causal attention"
-    outputs = []
-    bounds = cu_seq_q.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        qi, ki, vi = (t[start:end].transpose(0, 1) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(qi, ki, vi, is_causal=True, scale=scale, enable_gqa=enable_gqa)
-        outputs.append(out.transpose(0, 1))
-    return torch.cat(outputs)

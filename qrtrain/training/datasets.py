@@ -53,8 +53,9 @@ def load_datasets(cfg):
 
 
 def token_report(dataset, tokenizer, max_length: int) -> dict:
-    """Count examples longer than max_length and those whose loss tokens all lie beyond it."""
+    """Count examples longer than max_length and those whose loss tokens all lie beyond it; every token length."""
     truncated = no_loss = 0
+    lengths = []
     for row in dataset:
         if "messages" in row:
             encoded = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
@@ -67,9 +68,10 @@ def token_report(dataset, tokenizer, max_length: int) -> dict:
         else:
             ids = tokenizer(row["text"])["input_ids"]
             mask = [1] * len(ids)
+        lengths.append(len(ids))
         truncated += len(ids) > max_length
         no_loss += sum(mask[1:max_length]) == 0  # the first token is never predicted
-    return {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss}
+    return {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss, "lengths": lengths}
 
 
 def check_token_lengths(train, tokenizer, max_length: int) -> dict:

@@ -41,6 +41,20 @@ def check_only_lora_trainable(model) -> tuple[int, int]:
     return sum(p.numel() for _, p in model.named_parameters() if p.requires_grad), total
 
 
+def keep_lora_inputs_in_compute_dtype(model, dtype) -> int:
+    """On a bf16/fp16 base, stop PEFT from copying every LoRA layer's input to float32 (the LoRA weights'
+    dtype): the Trainer's autocast runs the LoRA matmuls in the compute dtype anyway, so the copy only costs
+    memory and time. Float32 training is untouched. Returns the number of LoRA layers changed."""
+    import torch
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        return 0
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled") and hasattr(m, "lora_A")]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
+
+
 def frozen_digest(model) -> str:
     """sha256 over every non-LoRA parameter and buffer in memory, in name order."""
     import torch

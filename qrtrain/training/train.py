@@ -38,28 +38,45 @@ def train(cfg, run_dir: Path) -> float:
 
     folder = model_folder(cfg.model)
     tokenizer = load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
+    token_lengths = None  # multimodal: image tokens are counted by the processor, on the fly
     if cfg.model_type.name == "multimodal":
         say(f"data: {len(train_set)} training examples with images, "
             f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
     else:
         lengths = check_token_lengths(train_set, tokenizer, cfg.training.max_length)
+        token_lengths = lengths["lengths"]
         say(f"data: {len(train_set)} training examples ({lengths['truncated']} truncated to {cfg.training.max_length} "
             f"tokens, {lengths['all_loss_tokens_cut']} dropped: no loss token left), "
             f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
 
+    from qrtrain.training.attention import choose_attention
+    from qrtrain.training.memory import apply_checkpointing, plan_for_run
+
     device = resolve_device(cfg.training.device)
     dtype = compute_dtype(cfg.training.dtype, device)
+    padding_free, attention = choose_attention(cfg.training.padding_free, cfg.model_type.name, device, dtype)
+    plan = plan_for_run(cfg, folder, token_lengths, device, dtype, padding_free)  # fails here if it cannot fit
+    if device == "cuda" or plan.checkpointed_layers:
+        say(plan.line())
     set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
-    model = load_model(folder, cfg, device, dtype)
+    model = load_model(folder, cfg, device, dtype, attention)
 
     from peft import get_peft_model
 
-    from qrtrain.training.lora import check_only_lora_trainable, frozen_digest, lora_config
+    from qrtrain.training.lora import (
+        check_only_lora_trainable,
+        frozen_digest,
+        keep_lora_inputs_in_compute_dtype,
+        lora_config,
+    )
 
     model = get_peft_model(model, lora_config(cfg))
+    keep_lora_inputs_in_compute_dtype(model, dtype)
+    apply_checkpointing(model, plan.checkpointed_layers)
     trainable, total = check_only_lora_trainable(model)
     base_digest = frozen_digest(model)
     say(f"model: {folder.name} on {device} ({str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
+        f"attention={attention}{', padding-free batches' if padding_free else ''}, "
         f"{trainable:,} of {total:,} parameters trainable (LoRA only)")
 
     from qrtrain.training.extensions import build_extensions, load_states
@@ -70,9 +87,9 @@ def train(cfg, run_dir: Path) -> float:
 
     trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype,
                             checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop,
-                            extensions=extensions)
+                            extensions=extensions, padding_free=padding_free)
     if resume_from is not None:
-        load_states(extensions, resume_from)
+        load_states(extensions, resume_from, str(next(model.parameters()).device))
         say(f"resuming from step {resume_from.name.split('-')[1]} ({resume_from})")
     started = time.time()
     stop.install()

@@ -1,17 +1,66 @@
-"""The SFTTrainer for a run: SFTConfig from the config, the optimizer, and the callbacks.
+"""The SFTTrainer for a run: SFTConfig from the config, the collator, the optimizer, and the callbacks.
 
     qrtrain train model=tiny training.max_steps=5 training.batch_size=4
+    qrtrain train model=tiny training.padding_free=true   # one row per batch, no padding (auto: on CUDA)
+
+Padding-free batches come from TRL's own collator (`DataCollatorForLanguageModeling(padding_free=True)`),
+passed in so that TRL still truncates every example to `training.max_length` while preparing the data
+(TRL does not truncate when its `padding_free` option is set). The loss and gradients equal those of
+padded batches (tests/training/test_trainer.py).
 """
 
 from pathlib import Path
 
+import torch
+from trl import SFTTrainer
+
+
+class SFTTrainerWithoutStepSyncs(SFTTrainer):
+    """TRL's SFTTrainer, except that its per-step metrics (entropy, token accuracy, tokens trained) stay on
+    the device until a logging step. TRL reads each with `.item()` every step, and each read waits for the
+    GPU to drain its queue. The loss is TRL's own formula; the logged values are equal to TRL's (tested).
+    Anything but the plain training loss (evaluation, DFT loss, label smoothing, a custom loss, MoE
+    auxiliary loss, sequence parallelism) goes through TRL's compute_loss unchanged."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if (return_outputs or not model.training or self.compute_loss_func is not None or self.label_smoother
+                is not None or self.aux_loss_enabled or self.args.loss_type != "nll"
+                or getattr(self.accelerator, "parallelism_config", None) is not None):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        outputs = model(**inputs, fused_lm_head=True)
+        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        pending = self.__dict__.setdefault("_pending_metrics", [])
+        pending.append((torch.stack([outputs.label_mask.sum().float(), outputs.entropy.detach().sum().float(),
+                                     outputs.is_top1.sum().float()]),
+                        inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["position_ids"].size(1)))
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        pending = self.__dict__.get("_pending_metrics")
+        if self.model.training and pending:
+            gathered = self.accelerator.gather_for_metrics(torch.stack([step for step, _ in pending]))
+            tokens = self.accelerator.gather_for_metrics(
+                torch.stack([torch.as_tensor(n, device=gathered.device) for _, n in pending]))
+            per_step = gathered.view(-1, len(pending), 3).sum(0).tolist()  # one host sync per log
+            for (valid, entropy, correct), step_tokens in zip(per_step, tokens.view(-1, len(pending)).sum(0).tolist()):
+                self._metrics["train"]["entropy"].append(entropy / valid if valid > 0 else 0.0)
+                self._metrics["train"]["mean_token_accuracy"].append(correct / valid if valid > 0 else 0.0)
+                self._total_train_tokens += int(step_tokens) // self._tp_size
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            pending.clear()
+        super().log(logs, start_time)
+
 
 def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype,
                   checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None,
-                  extensions: dict | None = None):
-    import torch
+                  extensions: dict | None = None, padding_free: bool = False):
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from qrtrain.training.checkpoints import PARTIAL, AtomicCheckpoints
     from qrtrain.training.progress import MetricsFile, RichProgress, tensorboard_callback
@@ -40,7 +89,9 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         packing=t.packing,
-        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing=False,  # qrtrain.training.memory decides and applies it, layer by layer
+        use_liger_kernel=use_liger_kernel(t.liger_kernel, device),
+        logging_nan_inf_filter=False,  # its isnan check reads the loss on the host every step
         assistant_only_loss=cfg.model_type.name in ("dialogue", "multimodal"),
         max_length=None if cfg.model_type.name == "multimodal" else t.max_length,  # image tokens must not be cut
         bf16=dtype == torch.bfloat16,
@@ -56,9 +107,14 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         disable_tqdm=True,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
+    collator = None
+    if padding_free:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        collator = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
+    trainer = SFTTrainerWithoutStepSyncs(
         model=model,
         args=args,
+        data_collator=collator,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -67,3 +123,16 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def use_liger_kernel(setting, device: str) -> bool:
+    """Liger's RMSNorm/RoPE/SwiGLU kernels: on CUDA when liger-kernel is installed (auto), or as set."""
+    import importlib.util
+
+    from qrtrain.errors import QrtrainError
+
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if setting is True and not (installed and device == "cuda"):
+        raise QrtrainError("training.liger_kernel=true needs a CUDA device and `pip install liger-kernel`; "
+                           "use training.liger_kernel=auto to use it only where it can run")
+    return bool(setting) and installed and device == "cuda"

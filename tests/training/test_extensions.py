@@ -193,8 +193,11 @@ def test_grokfast_and_ema_state_survive_resume(tmp_path, monkeypatch):
 
     loaded, load_states, build_trainer = {}, qrtrain.training.extensions.load_states, qrtrain.training.trainer.build_trainer
 
-    def capture(extensions, checkpoint):
-        load_states(extensions, checkpoint)
+    def capture(extensions, checkpoint, device):
+        load_states(extensions, checkpoint, device)
+        # restored on the model's device (cuda:0 on a GPU machine), where the next step's gradients are
+        assert all(torch.device(v.device) == torch.device(device) for ext in extensions.values()
+                   for v in ext.state_dict().values() if torch.is_tensor(v))
         loaded.update({name: ({k: v.clone() for k, v in ext.state_dict().items()}, Path(checkpoint),  # the files are gone once the run publishes
                               load_file(Path(checkpoint) / "extensions" / f"{name}.safetensors"))
                        for name, ext in extensions.items()})

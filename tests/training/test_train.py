@@ -13,6 +13,7 @@ import torch
 
 from qrtrain.models import loading as models
 from qrtrain.training.datasets import load_datasets
+from qrtrain.training.attention import choose_attention
 from qrtrain.training.lora import check_only_lora_trainable, lora_config
 from qrtrain.training.strategy import optimizer_groups
 from qrtrain.training.trainer import build_trainer
@@ -30,16 +31,21 @@ def build(tmp_path: Path, *overrides: str):
     train_set = train_set.select([0, 1, 2, 3] * 4)  # one batch of 4, repeated
     folder = models.model_folder(cfg.model)
     tokenizer = models.load_tokenizer(folder, cfg.model_type.name)
-    model = get_peft_model(models.load_model(folder, cfg, "cpu", torch.float32), lora_config(cfg))
-    trainer = build_trainer(cfg, model, tokenizer, train_set, None, tmp_path, "cpu", torch.float32)
+    device = models.resolve_device(cfg.training.device)  # CUDA where there is one, as `qrtrain train` does
+    padding_free, attention = choose_attention(cfg.training.padding_free, cfg.model_type.name, device, torch.float32)
+    model = get_peft_model(models.load_model(folder, cfg, device, torch.float32, attention), lora_config(cfg))
+    trainer = build_trainer(cfg, model, tokenizer, train_set, None, tmp_path, device, torch.float32,
+                            padding_free=padding_free)
     return cfg, model, trainer
 
 
 def batch_loss(trainer) -> float:
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    device = next(trainer.model.parameters()).device
     trainer.model.eval()
     with torch.no_grad():
-        loss = trainer.model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "pixel_values")}).loss
+        keys = ("input_ids", "attention_mask", "labels", "pixel_values", "position_ids")
+        loss = trainer.model(**{k: v.to(device) for k, v in batch.items() if k in keys}).loss
     trainer.model.train()
     return loss.item()
 
@@ -99,12 +105,13 @@ def test_layer_rates_set_embeddings_and_head_apart():
 def summed_loss(trainer) -> tuple[float, int]:
     """Total loss over every label token of one epoch of the trainer's dataloader, at the current weights."""
     total, count = 0.0, 0
+    device = next(trainer.model.parameters()).device
     trainer.model.eval()
     with torch.no_grad():
         for batch in trainer.get_train_dataloader():
             tokens = int((batch["labels"][:, 1:] != -100).sum())
             keys = ("input_ids", "attention_mask", "labels", "position_ids")
-            loss = trainer.model(**{k: v for k, v in batch.items() if k in keys}).loss
+            loss = trainer.model(**{k: v.to(device) for k, v in batch.items() if k in keys}).loss
             total, count = total + loss.item() * tokens, count + tokens
     return total, count
 
@@ -122,3 +129,33 @@ def test_packed_sequences_do_not_attend_across_examples(tmp_path, model_type):
     packed_total, packed_count = summed_loss(packed)
     assert packed_count == padded_count
     assert packed_total / packed_count == pytest.approx(padded_total / padded_count, rel=1e-4)
+
+
+def test_bf16_lora_inputs_stay_bf16_and_train_alike(tiny_folder):
+    """On a bf16 base under autocast (as the Trainer runs it), LoRA inputs are no longer copied to float32:
+    the loss and LoRA gradients stay those of PEFT's casting path, within bf16 rounding."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from qrtrain.training.lora import keep_lora_inputs_in_compute_dtype
+
+    results = []
+    for keep in (False, True):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_folder, dtype=torch.bfloat16)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        assert keep_lora_inputs_in_compute_dtype(model, torch.bfloat16 if keep else torch.float32) == (14 if keep else 0)
+        seen = []
+        model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].register_forward_pre_hook(
+            lambda module, args: seen.append(args[0].dtype))
+        ids = torch.arange(5, 45).reshape(2, 20)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        assert seen == [torch.bfloat16 if keep else torch.float32]
+        results.append((loss.float().item(), {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}))
+    (cast_loss, cast_grads), (kept_loss, kept_grads) = results
+    assert abs(cast_loss - kept_loss) < 2e-2
+    for name in cast_grads:
+        scale = cast_grads[name].abs().max().item() + 1e-6
+        assert (cast_grads[name] - kept_grads[name]).abs().max().item() / scale < 5e-2, name

@@ -49,14 +49,15 @@ def save_states(extensions: dict, checkpoint: Path) -> None:
         (folder / f"{name}.json").write_text(json.dumps(plain))
 
 
-def load_states(extensions: dict, checkpoint: Path) -> None:
+def load_states(extensions: dict, checkpoint: Path, device: str = "cpu") -> None:
+    """Restore each stateful extension's state from a checkpoint, its tensors on the model's device."""
     from safetensors.torch import load_file
 
     folder = Path(checkpoint) / STATE_FOLDER
     for name, extension in extensions.items():
         if hasattr(extension, "load_state_dict") and (folder / f"{name}.json").is_file():
             state = json.loads((folder / f"{name}.json").read_text())
-            state.update(load_file(folder / f"{name}.safetensors"))
+            state.update(load_file(folder / f"{name}.safetensors", device=device))
             extension.load_state_dict(state)
 
 

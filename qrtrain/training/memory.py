@@ -1,0 +1,162 @@
+"""GPU memory a run needs, and how many decoder layers to checkpoint so that it fits.
+
+    qrtrain train training.gradient_checkpointing=auto    # the default: estimated, decided, printed in one line
+    qrtrain train training.gradient_checkpointing=true    # every layer; false: none
+
+The estimate is made before the model is loaded, from the model's config, the LoRA settings, the
+dtype and the tokens of the largest micro-batch the data can produce (padding-free: the
+`batch_size` longest examples; padded: `batch_size` times the longest). Checkpointing k of L layers
+keeps only those layers' inputs for backward and recomputes one layer at a time. The smallest k that
+fits the device's free memory wins; a run that fits with no k stops here, before anything touches
+the device, and says what to change. On CPU there is nothing to plan: checkpointing is off unless
+forced.
+"""
+
+from dataclasses import dataclass, field
+
+from qrtrain.errors import QrtrainError
+
+GIB = 1024**3
+# CUDA context, cuBLAS workspaces and allocator fragmentation, beyond what the tensors need.
+RESERVE_FRACTION = 0.10
+RESERVE_BYTES = 1 * GIB
+WEIGHT_BYTES = {"none": None, "int8": 1.0, "nf4": 0.53}  # nf4 + double-quantised absmax; None: the compute dtype
+LOGITS_CHUNK_TOKENS = 4096  # TRL's fused LM head computes log-probabilities a chunk of tokens at a time
+
+
+@dataclass
+class MemoryPlan:
+    """The decision and the numbers behind it (bytes)."""
+    checkpointed_layers: int
+    num_layers: int
+    needed: int
+    free: int | None
+    tokens: int
+    parts: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        where = f"of {self.free / GIB:.1f} GiB free" if self.free is not None else "(no device limit)"
+        parts = ", ".join(f"{name} {size / GIB:.1f}" for name, size in self.parts.items())
+        choice = ("off" if self.checkpointed_layers == 0 else "all layers" if self.checkpointed_layers == self.num_layers
+                  else f"{self.checkpointed_layers} of {self.num_layers} layers")
+        return (f"memory: estimate {self.needed / GIB:.1f} GiB {where} for {self.tokens:,} tokens per micro-batch "
+                f"({parts} GiB); gradient checkpointing {choice}")
+
+
+def model_dims(config) -> dict:
+    """The sizes the estimate needs, from a transformers config (the text model's, for vision-language models)."""
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    return {
+        "hidden": text.hidden_size,
+        "intermediate": text.intermediate_size,
+        "layers": text.num_hidden_layers,
+        "heads": heads,
+        "kv_heads": getattr(text, "num_key_value_heads", None) or heads,
+        "head_dim": head_dim,
+        "vocab": text.vocab_size,
+        "tied": bool(getattr(text, "tie_word_embeddings", False)),
+    }
+
+
+def layer_linears(dims: dict) -> dict:
+    """(in, out) features of each linear layer of one Llama-style decoder layer."""
+    h, i, q, kv = dims["hidden"], dims["intermediate"], dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"]
+    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def estimate(dims: dict, tokens: int, checkpointed: int, dtype_bytes: int, quantization: str = "none",
+             lora_r: int = 16, lora_targets="all-linear", lora_dropout: float = 0.0) -> dict:
+    """Bytes by part: weights, LoRA (weights, gradients, AdamW state), activations, LM head, reserve."""
+    linears = layer_linears(dims)
+    targets = linears if lora_targets == "all-linear" else {n: linears[n] for n in lora_targets if n in linears}
+    h, layers = dims["hidden"], dims["layers"]
+    layer_params = sum(a * b for a, b in linears.values())
+    weight_bytes = WEIGHT_BYTES.get(quantization) or dtype_bytes
+    embeddings = dims["vocab"] * h * (1 if dims["tied"] else 2)
+    weights = layers * layer_params * weight_bytes + embeddings * dtype_bytes
+    lora_params = layers * sum(lora_r * (a + b) for a, b in targets.values())
+    lora = lora_params * (4 + 4 + 8)  # fp32 weights, gradients, AdamW's two moments
+
+    # Saved for backward, per token and layer: the norms' inputs and outputs, q/k/v after RoPE, the attention
+    # output (FlashAttention keeps no score matrix), and the MLP's gate, up, activation and product.
+    q, kv, i = dims["heads"] * dims["head_dim"], dims["kv_heads"] * dims["head_dim"], dims["intermediate"]
+    per_token = dtype_bytes * (4 * h + 2 * q + 2 * kv + 4 * i)
+    per_token += sum(lora_r * 4 for _ in targets)  # lora_A outputs
+    if lora_dropout > 0:  # each LoRA layer keeps its own dropped-out copy of its input, and the mask
+        per_token += sum(a * (dtype_bytes + 1) for a, _ in targets.values())
+    kept = (layers - checkpointed) * per_token + checkpointed * h * dtype_bytes
+    recompute = per_token if checkpointed else 0
+    activations = tokens * (kept + recompute + per_token)  # + one layer's gradients in flight during backward
+    head = tokens * h * dtype_bytes * 2 + min(tokens, LOGITS_CHUNK_TOKENS) * dims["vocab"] * 4 * 2
+    parts = {"weights": weights, "lora+optimizer": lora, "activations": activations, "lm head": head}
+    subtotal = sum(parts.values())
+    parts["reserve"] = RESERVE_BYTES + RESERVE_FRACTION * subtotal
+    return {name: int(size) for name, size in parts.items()}
+
+
+def tokens_per_micro_batch(lengths: list[int], batch_size: int, max_length: int, padding_free: bool) -> int:
+    """The tokens of the largest micro-batch the data can produce."""
+    longest = sorted((min(n, max_length) for n in lengths), reverse=True)[:batch_size] or [max_length]
+    return sum(longest) if padding_free else len(longest) * longest[0]
+
+
+def plan_checkpointing(dims: dict, tokens: int, free: int | None, setting, dtype_bytes: int, quantization: str,
+                       lora_r: int, lora_targets, lora_dropout: float) -> MemoryPlan:
+    """How many layers to checkpoint: all (setting true), none (false), or the fewest that fit (auto)."""
+    layers = dims["layers"]
+
+    def plan(k: int) -> MemoryPlan:
+        parts = estimate(dims, tokens, k, dtype_bytes, quantization, lora_r, lora_targets, lora_dropout)
+        return MemoryPlan(k, layers, sum(parts.values()), free, tokens, parts)
+
+    if setting is True or setting is False:
+        chosen = plan(layers if setting else 0)
+    elif free is None:
+        chosen = plan(0)
+    else:
+        chosen = next((p for p in map(plan, range(layers + 1)) if p.needed <= free), plan(layers))
+    if free is not None and chosen.needed > free:
+        advice = ("set training.gradient_checkpointing=auto (or true)" if setting is False else
+                  "lower training.batch_size (raise training.gradient_accumulation_steps to keep the batch), "
+                  "lower training.max_length, or use quantization=nf4")
+        raise QrtrainError(f"this run does not fit on the device: {chosen.line()}; {advice}")
+    return chosen
+
+
+def plan_for_run(cfg, folder, token_lengths: list[int] | None, device: str, dtype, padding_free: bool) -> MemoryPlan:
+    """The plan for a training config: on CUDA from the model's config and the device's free memory (or
+    training.memory_budget_gib); on CPU checkpointing is off unless training.gradient_checkpointing=true."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoConfig
+
+    t = cfg.training
+    dims = model_dims(AutoConfig.from_pretrained(folder))
+    lengths = token_lengths if token_lengths is not None else [t.max_length] * t.batch_size
+    tokens = tokens_per_micro_batch(lengths, t.batch_size, t.max_length, padding_free)
+    setting, free = t.gradient_checkpointing, None
+    if device == "cuda":
+        free = torch.cuda.mem_get_info()[0]
+        if t.memory_budget_gib is not None:
+            free = min(free, int(t.memory_budget_gib * GIB))
+    elif setting == "auto":
+        setting = False
+    targets = cfg.lora.target_modules
+    targets = targets if isinstance(targets, str) else OmegaConf.to_container(targets)
+    return plan_checkpointing(dims, tokens, free, setting, torch.finfo(dtype).bits // 8, cfg.quantization.name,
+                              cfg.lora.r, targets, cfg.lora.dropout)
+
+
+def apply_checkpointing(model, layers: int) -> None:
+    """Checkpoint the first `layers` decoder layers (non-reentrant), the rest keep their activations."""
+    if layers == 0:
+        return
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    decoder_layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in decoder_layers[layers:]:
+        layer.gradient_checkpointing = False

@@ -1,0 +1,86 @@
+"""The trainer qrtrain builds: padding-free batches give the padded loss and gradients, max_length still
+truncates, and the metrics logged without per-step host syncs equal TRL's own."""
+
+import pytest
+import torch
+
+from qrtrain.training.trainer import SFTTrainerWithoutStepSyncs
+from tests.training.test_train import build
+
+
+def lora_gradients(trainer, batch) -> tuple[torch.Tensor, dict]:
+    model = trainer.model
+    model.zero_grad()
+    model.train()
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("model_type", ["dialogue", "standard"])
+def test_padded_and_padding_free_batches_give_the_same_loss_and_gradients(tmp_path, model_type):
+    """The same four examples (of different lengths), padded vs one flat row: loss and every LoRA gradient
+    equal within 1e-5 in float32. LoRA B starts non-zero so that every LoRA tensor has a gradient."""
+    _, model, padded = build(tmp_path / "a", f"model_type={model_type}", "training.max_steps=1")
+    _, _, flat = build(tmp_path / "b", f"model_type={model_type}", "training.max_steps=1",
+                       "training.padding_free=true")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    examples = [padded.train_dataset[i] for i in range(4)]
+    assert len({len(e["input_ids"]) for e in examples}) > 1  # padding happens
+    padded_batch = padded.data_collator(examples)
+    flat_batch = flat.data_collator([flat.train_dataset[i] for i in range(4)])
+    assert "attention_mask" in padded_batch and (padded_batch["attention_mask"] == 0).any()
+    assert flat_batch["input_ids"].shape[0] == 1 and "attention_mask" not in flat_batch
+    assert flat_batch["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in examples)  # no padding at all
+
+    device = next(model.parameters()).device
+    padded_loss, padded_grads = lora_gradients(padded, {k: v.to(device) for k, v in padded_batch.items()})
+    flat.model = model  # the same weights, the padding-free collator's batch
+    flat_loss, flat_grads = lora_gradients(flat, {k: v.to(device) if torch.is_tensor(v) else v
+                                                  for k, v in flat_batch.items()})
+    assert abs(padded_loss.item() - flat_loss.item()) < 1e-5
+    assert padded_grads.keys() == flat_grads.keys() and len(padded_grads) > 0
+    worst = max((padded_grads[n] - flat_grads[n]).abs().max().item() for n in padded_grads)
+    assert worst < 1e-5, worst
+
+
+def test_padding_free_still_truncates_to_max_length(tmp_path):
+    """TRL truncates while preparing the data (qrtrain passes its padding-free collator in), and the
+    check before training still counts and reports what max_length cuts."""
+    from qrtrain.models.loading import load_tokenizer, model_folder
+    from qrtrain.training.datasets import check_token_lengths, load_datasets
+
+    cfg, _, trainer = build(tmp_path, "model_type=standard", "training.max_steps=1", "training.padding_free=true",
+                            "training.max_length=12")
+    assert max(len(row["input_ids"]) for row in trainer.train_dataset) == 12
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    assert batch["input_ids"].shape[0] == 1 and batch["input_ids"].shape[1] <= 4 * 12
+    train_set, _, _ = load_datasets(cfg)
+    counted = check_token_lengths(train_set, load_tokenizer(model_folder(cfg.model), "standard"), 12)
+    assert counted["truncated"] > 0 and len(counted["lengths"]) == len(train_set)
+
+
+def test_logged_metrics_equal_trl_without_step_syncs(tmp_path, monkeypatch):
+    """Train the same steps with TRL's SFTTrainer and with qrtrain's: identical losses, entropy, token
+    accuracy and token counts in every log."""
+    import trl
+
+    import qrtrain.training.trainer as trainer_module
+
+    histories = []
+    for cls in (SFTTrainerWithoutStepSyncs, trl.SFTTrainer):
+        monkeypatch.setattr(trainer_module, "SFTTrainerWithoutStepSyncs", cls)
+        torch.manual_seed(0)  # the same LoRA initialisation
+        _, _, trainer = build(tmp_path / cls.__name__, "training.max_steps=4")  # logs every step
+        assert type(trainer) is cls
+        trainer.train()
+        histories.append([h for h in trainer.state.log_history if "loss" in h])
+    ours, theirs = histories
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs):
+        for key in ("loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
