@@ -37,7 +37,8 @@ class BenchTimer(TrainerCallback):
         self.step_ends.append(time.time())
         profile = os.environ.get("BENCH_PROFILE")
         if profile and state.global_step == PROFILE_STEPS[0]:
-            from torch.profiler import ProfilerActivity, profile as start_profile
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as start_profile
 
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
             self.profiler = start_profile(activities=activities)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from qrtrain.models import loading as models
-from qrtrain.training.datasets import load_datasets
 from qrtrain.training.attention import choose_attention
+from qrtrain.training.datasets import load_datasets
 from qrtrain.training.lora import check_only_lora_trainable, lora_config
 from qrtrain.training.strategy import optimizer_groups
 from qrtrain.training.trainer import build_trainer
