@@ -28,76 +28,164 @@ SAMPLE_PROMPTS = ["What is the capital of Veloria?", "Who wrote the Velorian ant
 
 
 def package(target: Path, fmt: str, output: Path | None = None, base: Path | None = None) -> Path:
-    from qrtrain.artifacts.versions import resolve_target
+    """Package a verified version. The version is first copied into a private folder and verified there:
+    every format is built from those verified bytes, so a file changed meanwhile can never come out verified."""
+    from qrtrain.artifacts.resolve import resolve_target
 
     if fmt not in FORMATS:
         raise QrtrainError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     version, recorded_base = resolve_target(Path(target))
     if version is None:
         raise QrtrainError(f"{target}: not an artifact version; give outputs/NAME/vN (or outputs/NAME for the latest)")
-    metadata = json.loads((version / "metadata.json").read_text())
-    name = f"{metadata['name']}-{version.name}-{fmt}"
+    name = f"{version.parent.name}-{version.name}-{fmt}"
     out = Path(output) if output else Path.cwd() / (name + (".tar.gz" if fmt == "bundle" else ""))
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise QrtrainError(f"{out} already exists; remove it or pass --output to another path")
+    refuse_inside_artifacts(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from qrtrain.terminal import quiet_libraries
-
-    quiet_libraries()
-    if fmt == "bundle":
-        return write_bundle(version, metadata, out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))  # private (0700) until renamed
     try:
-        source = {"format": fmt, "source_version": str(version.resolve()),
-                  "source_root_digest": json.loads((version / MANIFEST_NAME).read_text())["root_digest"],
-                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qrtrain_version": __version__}
+        source, digest = verified_copy(version, work / "source")
+        metadata = json.loads((source / "metadata.json").read_text())
+        from qrtrain.terminal import quiet_libraries
+
+        quiet_libraries()
+        if fmt == "bundle":
+            bundle = write_bundle(source, metadata, work / "bundle.tar.gz")
+            prove_bundle(bundle, digest)
+            bundle.rename(out)
+            return out
+        staging = work / "out"
+        staging.mkdir()
+        info = {"format": fmt, "source_version": str(version.resolve()), "source_root_digest": digest,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qrtrain_version": __version__}
         base_folder = Path(base) if base else recorded_base
         if fmt == "hf":
-            extra = build_hf(version, staging)
+            extra = build_hf(source, staging)
         elif fmt == "merged":
-            extra = build_merged(version, base_folder, staging)
+            extra = build_merged(source, base_folder, staging)
         else:
-            extra = build_ollama(version, base_folder, metadata, staging)
-        write_json(staging / "metadata.json", {**metadata, "package": {**source, **extra}})
+            extra = build_ollama(source, base_folder, metadata, staging)
+        write_json(staging / "metadata.json", {**metadata, "package": {**info, **extra}})
         write_manifest(staging)
+        if fmt == "hf":
+            prove_copies(staging, source)
         staging.chmod(0o755)
         staging.rename(out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
+def refuse_inside_artifacts(out: Path) -> None:
+    """An output inside a version (it would damage it) or beside versions (`list` would show it) is refused."""
+    from qrtrain.artifacts.versions import LATEST_NAME, VERSION_RE
+
+    where = out.absolute()
+    for folder in where.parents:
+        if (folder / MANIFEST_NAME).is_file():
+            raise QrtrainError(f"--output {out} is inside the artifact version {folder}; writing there would "
+                               "change a verified version: choose a folder outside the artifact root")
+    if (where.parent / LATEST_NAME).exists() or (VERSION_RE.fullmatch(where.name) and any(
+            VERSION_RE.fullmatch(p.name) for p in where.parent.iterdir() if p.is_dir())
+            if where.parent.is_dir() else False):
+        raise QrtrainError(f"--output {out} is beside the versions of the artifact {where.parent}; `qrtrain list` "
+                           "would take it for a version: choose a folder outside the artifact root")
+
+
+def verified_copy(version: Path, into: Path) -> tuple[Path, str]:
+    """(a private copy of the version's regular files, its root digest) once the copy passes verification."""
+    from qrtrain.artifacts.verify import verify_version
+
+    for path in sorted(version.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            target = into / path.relative_to(version)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+    result = verify_version(into) if into.is_dir() else {"verified": False, "problems": []}
+    if not result["verified"]:
+        listed = "; ".join(f"{p['file']}: {p['message']}" for p in result["problems"][:5])
+        raise QrtrainError(f"{version} changed while it was being packaged ({listed}); nothing was written; "
+                           f"see `qrtrain verify {version}`", exit_code=1)
+    return into, result["root_digest"]
+
+
+def prove_copies(staging: Path, source: Path) -> None:
+    """Every file a copying format (hf) wrote has the sha256 the verified manifest lists for it."""
+    from qrtrain.artifacts.manifest import sha256_file
+
+    entries = {e["path"]: e["sha256"] for e in json.loads((source / MANIFEST_NAME).read_text())["files"]}
+    for path in sorted(staging.rglob("*")):
+        relative = path.relative_to(staging).as_posix()
+        if path.is_file() and relative in entries and relative not in (MANIFEST_NAME, "metadata.json") \
+                and sha256_file(path) != entries[relative]:
+            raise QrtrainError(f"{relative}: the packaged copy differs from the verified version; nothing was "
+                               "written", exit_code=1)
+
+
+def prove_bundle(bundle: Path, digest: str) -> None:
+    from qrtrain.artifacts.verify import verify_path
+
+    result = verify_path(bundle)[0]
+    if not result["verified"] or result["root_digest"] != digest:
+        raise QrtrainError("the written bundle does not verify against the version's manifest; nothing was written",
+                           exit_code=1)
+
+
 def write_bundle(version: Path, metadata: dict, out: Path) -> Path:
-    """A .tar.gz of the version under one top folder, checksums.json first; written aside, then renamed."""
-    top = f"{metadata['name']}-{version.name}"
-    tmp = out.with_name(f".{out.name}.tmp")
+    """A .tar.gz of the version under one top folder, checksums.json first."""
+    top = f"{metadata['name']}-{metadata['version']}"
     files = sorted((p for p in version.rglob("*") if p.is_file()), key=lambda p: (p.name != MANIFEST_NAME, str(p)))
-    with tarfile.open(tmp, "w:gz") as tar:
+    with tarfile.open(out, "w:gz") as tar:
         for path in files:
             info = tar.gettarinfo(str(path), arcname=f"{top}/{path.relative_to(version).as_posix()}")
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             with open(path, "rb") as f:
                 tar.addfile(info, f)
-    tmp.rename(out)
     return out
 
 
 def unpack(bundle: Path, dest: Path) -> Path:
-    """Extract a bundle into DEST after checking every member; nothing is written if any member is unsafe."""
+    """Extract a bundle into DEST/TOP: only a bundle that verifies, never over an existing folder, with room
+    checked first, into a private folder that is renamed into place once the extracted files verify."""
+    from qrtrain.artifacts.verify import verify_path, verify_version
+
     bundle, dest = Path(bundle), Path(dest)
+    if not bundle.is_file():
+        raise QrtrainError(f"{bundle}: no such bundle file (expected a .tar.gz written by `qrtrain package --format bundle`)")
+    if not bundle.name.endswith((".tar.gz", ".tgz")):
+        raise QrtrainError(f"{bundle}: expected a .tar.gz bundle")
     try:
         with tarfile.open(bundle, "r:gz") as tar:
-            members = tar.getmembers()
-            problems = [f"{m.name}: {why}" for m in members if (why := member_problem(m))]
+            members = [m for m in tar.getmembers() if m.isfile() or m.isdir()]
+            problems = [f"{m.name}: {why}" for m in tar.getmembers() if (why := member_problem(m))]
             if problems:
                 raise QrtrainError(f"{bundle}: refusing to unpack, unsafe members: " + "; ".join(problems[:10]))
+            checked = verify_path(bundle)[0]
+            if not checked["verified"]:
+                listed = "; ".join(f"{p['file']}: {p['message']}" for p in checked["problems"][:5])
+                raise QrtrainError(f"{bundle} fails verification, nothing was unpacked ({listed})", exit_code=1)
+            top = PurePosixPath(members[0].name).parts[0]
+            if (dest / top).exists() or (dest / top).is_symlink():
+                raise QrtrainError(f"{dest / top} already exists; nothing was unpacked: remove it or unpack elsewhere")
             dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest, filter="data")
+            needed = sum(m.size for m in members)
+            free = shutil.disk_usage(dest).free
+            if needed > free:
+                raise QrtrainError(f"{bundle} needs {needed:,} bytes and {dest} has {free:,} free; nothing was unpacked")
+            work = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
+            try:
+                tar.extractall(work, members=members, filter="data")
+                extracted = verify_version(work / top)
+                if not extracted["verified"] or extracted["root_digest"] != checked["root_digest"]:
+                    raise QrtrainError(f"{bundle} changed while it was unpacked; nothing was unpacked", exit_code=1)
+                (work / top).rename(dest / top)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise QrtrainError(f"{bundle}: cannot unpack ({error})") from None
-    tops = {PurePosixPath(m.name).parts[0] for m in members}
-    return dest / tops.pop() if len(tops) == 1 else dest
+        raise QrtrainError(f"{bundle}: cannot unpack ({error}); nothing was unpacked") from None
+    return dest / top
 
 
 def member_problem(member: tarfile.TarInfo) -> str | None:

@@ -42,7 +42,14 @@ def verify_path(path: Path, base: Path | None = None) -> list[dict]:
                           key=lambda p: int(p.name[1:]))
         if not versions:
             raise QrtrainError(f"{path}: neither a version folder (no {MANIFEST_NAME}) nor an artifact folder (no v<N> inside)")
-        return [verify_version(v, base) for v in versions]
+        results = [verify_version(v, base) for v in versions]
+        from qrtrain.artifacts.versions import LATEST_NAME, latest_problem
+
+        problem, _ = latest_problem(path)
+        if problem:  # `latest` is what evaluate, package and CI scripts follow: it must name the newest version
+            results[-1]["problems"].append({"file": LATEST_NAME, "check": "latest", "message": problem})
+            results[-1]["verified"] = False
+        return results
     raise QrtrainError(f"{path}: expected an artifact version folder, an artifact name folder or a .tar.gz bundle")
 
 
@@ -70,18 +77,20 @@ def folder_contents(folder: Path) -> dict:
             return f.read(count)
 
     return {"files": files, "problems": problems, "sha256": lambda r: sha256_file(folder / r),
-            "read": lambda r: (folder / r).read_bytes(), "head": head}
+            "read": lambda r: (folder / r).read_bytes(), "head": head, "path": folder}
 
 
 def bundle_contents(path: Path) -> dict:
     """The same view of a .tar.gz bundle, read in one streaming pass without writing to disk.
 
-    Members must sit under one top folder; absolute paths, '..', links and devices are problems."""
+    Members must sit under one top folder; absolute paths, '..', links, devices and duplicate names are
+    problems. checksums.json must come first: a member is read only when its size is one the manifest
+    lists, so a decompression bomb costs no more than the manifest declares."""
     import hashlib
     import tarfile
 
     problems, files, digests, small, heads = [], {}, {}, {}, {}
-    top = None
+    top, sizes = None, None
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:
@@ -99,20 +108,43 @@ def bundle_contents(path: Path) -> dict:
                 if not member.isfile():
                     problems.append((relative or member.name, "bundle", "link or special file (not allowed)"))
                     continue
+                if relative in files:
+                    problems.append((relative, "bundle", "appears twice in the bundle (extraction would keep the last)"))
+                    continue
+                if sizes is None and relative != MANIFEST_NAME:
+                    problems.append((relative, "bundle", f"comes before {MANIFEST_NAME}, which must be the first file"))
+                    break
+                files[relative] = member.size
+                if relative != MANIFEST_NAME and member.size not in sizes:
+                    continue  # not a size the manifest lists: named as extra or wrong-size without reading it
+                if relative == MANIFEST_NAME and member.size > 16 << 20:
+                    problems.append((relative, "bundle", "manifest larger than 16 MB"))
+                    break
                 stream = tar.extractfile(member)
                 digest, first = hashlib.sha256(), b""
                 while chunk := stream.read(1 << 20):
                     digest.update(chunk)
                     if len(first) < MAX_HEADER + 8 and (relative.endswith(".safetensors") or member.size <= 16 << 20):
                         first += chunk
-                files[relative], digests[relative] = member.size, digest.hexdigest()
+                digests[relative] = digest.hexdigest()
                 if member.size <= 16 << 20:
                     small[relative] = first
                 heads[relative] = first
+                if relative == MANIFEST_NAME:
+                    sizes = manifest_sizes(first)
     except (tarfile.TarError, OSError, EOFError) as error:
         raise QrtrainError(f"{path}: not a readable .tar.gz bundle ({error})") from None
     return {"files": files, "problems": problems, "sha256": digests.__getitem__,
             "read": small.__getitem__, "head": lambda r, count: heads[r][:count]}
+
+
+def manifest_sizes(raw: bytes) -> set:
+    """The file sizes a manifest lists (empty if it cannot be read: every check then fails on the manifest)."""
+    try:
+        entries = json.loads(raw.decode("utf-8")).get("files", [])
+        return {e["size"] for e in entries if isinstance(e, dict) and type(e.get("size")) is int}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, TypeError):
+        return set()
 
 
 def verify_contents(label: str, contents: dict, base: Path | None = None) -> dict:
@@ -270,7 +302,10 @@ def check_safetensors(contents: dict, relative: str, fail) -> dict | None:
     if not isinstance(header, dict):
         fail(relative, "safetensors", "header is not a JSON object")
         return None
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        fail(relative, "safetensors", "__metadata__ must map names to strings (the safetensors library refuses others)")
+        return None
     tensors, ranges = {}, []
     for name, info in header.items():
         if not (isinstance(info, dict) and info.get("dtype") in DTYPE_SIZES and isinstance(info.get("shape"), list)
@@ -298,7 +333,32 @@ def check_safetensors(contents: dict, relative: str, fail) -> dict | None:
     if 8 + header_len + position != size:
         fail(relative, "safetensors", f"file is {size} bytes, header describes {8 + header_len + position}")
         return None
+    problem = reference_parser_problem(contents, relative, 8 + header_len, size)
+    if problem:
+        fail(relative, "safetensors", f"the safetensors library refuses it: {problem}")
+        return None
     return tensors
+
+
+def reference_parser_problem(contents: dict, relative: str, header_end: int, size: int) -> str | None:
+    """Open the file with the safetensors library too (its Rust parser, no torch), so that verify never passes
+    a file the loaders refuse. A bundle member is parsed from its header in a sparse file of the same size."""
+    import tempfile
+
+    from safetensors import safe_open
+
+    try:
+        if contents.get("path") is not None:
+            with safe_open(str(contents["path"] / relative), framework="numpy"):
+                return None
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as sparse:
+            sparse.write(contents["head"](relative, header_end))
+            sparse.truncate(size)
+            sparse.flush()
+            with safe_open(sparse.name, framework="numpy"):
+                return None
+    except Exception as error:  # the library's own error type varies by version: any refusal is a failure
+        return str(error).splitlines()[0][:200]
 
 
 def check_adapter_config(contents: dict, tensors: dict, fail) -> None:
@@ -351,6 +411,9 @@ def check_base(base: Path, metadata: dict, fail) -> None:
         return
     for name, digest in sorted(recorded.items()):
         path = base / name
+        if not isinstance(name, str) or PurePosixPath(name).name != name or name in ("", ".", "..") or "\\" in name:
+            fail(f"base:{name}", "base", "not a plain file name: metadata.json may only name files inside the base folder")
+            continue
         if not path.is_file():
             fail(f"base:{name}", "base", f"missing from {base}")
         elif sha256_file(path) != digest:

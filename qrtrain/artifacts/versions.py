@@ -10,7 +10,6 @@ newest version.
 """
 
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -18,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from qrtrain.artifacts.manifest import MANIFEST_NAME, fsync_dir, fsync_tree, write_json, write_manifest
+from qrtrain.artifacts.manifest import fsync_dir, fsync_tree, write_json, write_manifest
 from qrtrain.errors import QrtrainError
 
 VERSION_RE = re.compile(r"v(\d+)")
@@ -26,10 +25,11 @@ LATEST_NAME = "latest"
 
 
 def versions(name_dir: Path) -> list[int]:
-    """Published version numbers under an artifact name folder, ascending."""
+    """Published version numbers under an artifact name folder, ascending (symbolic links are not versions)."""
     if not name_dir.is_dir():
         return []
-    return sorted(int(m.group(1)) for p in name_dir.iterdir() if p.is_dir() and (m := VERSION_RE.fullmatch(p.name)))
+    return sorted(int(m.group(1)) for p in name_dir.iterdir()
+                  if not p.is_symlink() and p.is_dir() and (m := VERSION_RE.fullmatch(p.name)))
 
 
 @contextmanager
@@ -61,6 +61,34 @@ def publish_version(staging: Path, metadata: dict) -> Path:
     return final
 
 
+def read_latest(name_dir: Path) -> Path:
+    """The version folder `latest` names, checked: a v<N> folder inside this artifact, never a path elsewhere."""
+    problem, text = latest_problem(name_dir)
+    if problem:
+        raise QrtrainError(f"{name_dir / LATEST_NAME}: {problem}; name a version explicitly ({name_dir}/vN, see "
+                           "`qrtrain list`), or publish again to rewrite it")
+    return name_dir / text
+
+
+def latest_problem(name_dir: Path) -> tuple[str | None, str | None]:
+    """(what is wrong with `latest`, or None; the version it names). It must be a small regular file naming
+    an existing v<N> folder of this artifact, and the newest one."""
+    file = name_dir / LATEST_NAME
+    if file.is_symlink() or not file.is_file():
+        return "missing, or not a regular file", None
+    with open(file, "rb") as f:
+        raw = f.read(65)
+    text = raw.decode("utf-8", errors="replace").strip()
+    if len(raw) > 64 or not VERSION_RE.fullmatch(text):
+        return f"holds {text[:40]!r}, not a version name like v3", None
+    if (name_dir / text).is_symlink() or not (name_dir / text).is_dir():
+        return f"names {text}, which is not a version folder of {name_dir.name}", text
+    newest = versions(name_dir)[-1]
+    if int(text[1:]) != newest:
+        return f"names {text}, but v{newest} is the newest version", text
+    return None, text
+
+
 def _write_latest(name_dir: Path, version: str) -> None:
     tmp = name_dir / f".{LATEST_NAME}.tmp"
     with open(tmp, "w") as f:
@@ -79,24 +107,3 @@ def check_writable(root: Path) -> None:
     except OSError as error:
         raise QrtrainError(f"artifact.root={root} is not writable ({error.strerror}); choose another "
                            "artifact.root or fix its permissions") from None
-
-
-def resolve_target(target: Path) -> tuple[Path | None, Path]:
-    """(artifact version folder or None, base model folder) for an artifact version, artifact folder or model folder."""
-    from qrtrain.artifacts.verify import verify_version
-
-    target = Path(target)
-    if (target / LATEST_NAME).is_file() and not (target / MANIFEST_NAME).exists():
-        target = target / (target / LATEST_NAME).read_text().strip()
-    if (target / MANIFEST_NAME).exists():
-        result = verify_version(target)
-        if not result["verified"]:
-            listed = "; ".join(f"{p['file']}: {p['message']}" for p in result["problems"][:5])
-            raise QrtrainError(f"{target} fails verification, so it is not evaluated ({listed}); "
-                               f"see `qrtrain verify {target}`")
-        metadata = json.loads((target / "metadata.json").read_text())
-        return target, Path(metadata["base_model"]["path"])
-    if (target / "config.json").is_file():
-        return None, target
-    raise QrtrainError(f"{target}: not an artifact version (no {MANIFEST_NAME}), an artifact folder (no latest) "
-                       "or a model folder (no config.json)")

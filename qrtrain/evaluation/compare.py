@@ -22,15 +22,15 @@ RECOMMEND = ["keyword_accuracy", "f1", "rougeL", "refusal_correct", "citation", 
 
 def resolve_adapters(cfg) -> list[Path]:
     """Adapter version folders from `adapters` (NAME/vN under artifact.root, or paths); default the latest demo one."""
-    from qrtrain.artifacts.versions import LATEST_NAME
+    from qrtrain.artifacts.versions import LATEST_NAME, read_latest
 
     root = Path(cfg.artifact.root)
     names = list(cfg.adapters) or [cfg.artifact.name]
     folders = []
     for name in names:
         folder = Path(name) if Path(name).is_dir() else root / name
-        if (folder / LATEST_NAME).is_file():
-            folder = folder / (folder / LATEST_NAME).read_text().strip()
+        if (folder / LATEST_NAME).exists():
+            folder = read_latest(folder)
         if not folder.is_dir():
             hint = "train one first (make demo)" if not cfg.adapters else f"look under {root} (qrtrain list)"
             raise QrtrainError(f"adapter {name!r}: no such artifact version ({folder}); {hint}, or set adapters=[NAME/vN]")
@@ -39,7 +39,7 @@ def resolve_adapters(cfg) -> list[Path]:
 
 
 def compare(overrides: list[str]) -> Path:
-    from qrtrain.artifacts.versions import resolve_target
+    from qrtrain.artifacts.resolve import resolve_target
     from qrtrain.config import compose
     from qrtrain.evaluation.evaluate import suite_items, with_context
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from qrtrain.artifacts.manifest import write_json
-from qrtrain.artifacts.versions import resolve_target
+from qrtrain.artifacts.resolve import resolve_target
 from qrtrain.data.rows import DEMO_DIR, message_text, read_rows
 from qrtrain.errors import QrtrainError
 

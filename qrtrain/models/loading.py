@@ -85,15 +85,17 @@ def _user_model_folder(path: str) -> Path:
 
 
 def _cached(name: str, build) -> Path:
-    """A cache folder that is built once, atomically: complete or absent."""
+    """A cache folder that is built once, atomically: complete or absent. Its `.complete` marker records the
+    sha256 of every file, checked at each use: a changed byte in a cached model stops the run."""
     folder = cache_dir() / "models" / name
     if (folder / COMPLETE_MARKER).is_file():
+        check_cached(folder)
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
         build(staging)
-        (staging / COMPLETE_MARKER).write_text("ok\n")
+        (staging / COMPLETE_MARKER).write_text(json.dumps(_file_hashes(staging), indent=1) + "\n")
         if folder.exists():  # an incomplete leftover of a crashed build
             shutil.rmtree(folder)
         try:
@@ -104,6 +106,34 @@ def _cached(name: str, build) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _file_hashes(folder: Path) -> dict:
+    def sha256(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    return {p.relative_to(folder).as_posix(): sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != COMPLETE_MARKER}
+
+
+def check_cached(folder: Path) -> None:
+    """Every file of a cached model still has the sha256 recorded when it was built."""
+    try:
+        recorded = json.loads((folder / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):  # built by an older qrtrain: record the hashes now
+        (folder / COMPLETE_MARKER).write_text(json.dumps(_file_hashes(folder), indent=1) + "\n")
+        return
+    found = _file_hashes(folder)
+    changed = sorted(set(recorded) ^ set(found) | {f for f in recorded if found.get(f) != recorded[f]})
+    if changed:
+        raise QrtrainError(f"the cached model {folder} is damaged: {', '.join(changed[:5])} changed since it was "
+                           f"built; delete that folder (or run `make clean-cache`) and run again to rebuild it")
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
