@@ -55,13 +55,21 @@ def corrupt_model(tmp: Path, damage: str) -> list[str]:
 
 
 def damage_checkpoint(tmp: Path, damage: str) -> list[str]:
+    """Damage the newest checkpoint and name it: a checkpoint named with resume=PATH must be whole
+    (resume=auto skips a damaged one: tests/training/test_checkpoints.py)."""
     checkpoint = max(tmp.glob("root/.checkpoints/*/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     if damage == "truncated":
         path = checkpoint / "adapter_model.safetensors"
         path.write_bytes(path.read_bytes()[:-64])
+    elif damage == "optimizer":
+        path = checkpoint / "optimizer.pt"
+        path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    elif damage == "steps":
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        (checkpoint / "trainer_state.json").write_text(json.dumps({**state, "global_step": 100000}))
     else:
         (checkpoint / "trainer_state.json").unlink()
-    return list(INTERRUPTED)
+    return [*INTERRUPTED, f"resume={checkpoint}"]
 
 
 def file_as_root(tmp: Path) -> list[str]:
@@ -113,6 +121,8 @@ ROWS = {
     # checkpoints
     "truncated checkpoint safetensors": (lambda tmp: damage_checkpoint(tmp, "truncated"), "is damaged: adapter_model.safetensors"),
     "checkpoint without trainer state": (lambda tmp: damage_checkpoint(tmp, "state"), "is damaged: trainer_state.json is missing"),
+    "checkpoint with a truncated optimizer": (lambda tmp: damage_checkpoint(tmp, "optimizer"), "is damaged: optimizer.pt is"),
+    "checkpoint claiming steps beyond max_steps": (lambda tmp: damage_checkpoint(tmp, "steps"), "claims step 100000, outside"),
     # the machine
     "artifact root not writable": (file_as_root, "is not writable"),
 }
@@ -153,7 +163,7 @@ def test_bad_input_row(row, earlier, tmp_path):
     assert "Traceback" not in result.output
     after = snapshot(root)
     damaged = {k for k in before if before[k] != after.get(k)}
-    if row.startswith(("truncated checkpoint", "checkpoint without")):
+    if row.startswith(("truncated checkpoint", "checkpoint with")):
         damaged = set()  # the row damaged it itself, before the run
     assert not damaged, f"changed or lost: {sorted(damaged)[:5]}"
     assert sorted(p.name for p in (root / "tiny-dialogue").glob("v*")) == ["v1"]

@@ -37,12 +37,27 @@ def staging_folder(root: Path, name: str):
     """A temporary folder beside the versions; removed unless it was published."""
     name_dir = Path(root) / name
     name_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=name_dir))
+    remove_stale_staging(name_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=name_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a published version is readable like any output
     try:
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(name_dir: Path) -> None:
+    """Staging folders left by a killed run (their process is gone) are removed by the next publish."""
+    for folder in name_dir.glob(".staging-*"):
+        pid = folder.name.split("-")[1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
 
 
 def publish_version(staging: Path, metadata: dict) -> Path:

@@ -84,52 +84,91 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 
 
 def choose_resume(cfg, folder: Path, config: dict) -> Path | None:
-    """The checkpoint to resume from, per `resume` (auto | never | PATH); checked before use."""
+    """The checkpoint to resume from, per `resume` (auto | never | PATH); checked before use.
+
+    auto skips a damaged checkpoint (saying so) for the one before it; a named one must be whole."""
+    from qrtrain.terminal import say
+
     resume = str(cfg.resume)
     if resume == "never":
         for old in list(folder.glob("checkpoint-*")) + [folder / PARTIAL]:
             shutil.rmtree(old, ignore_errors=True)
         return None
-    if resume == "auto":
-        found = complete_checkpoints(folder)
-        checkpoint = found[-1] if found else None
-    else:
+    if resume != "auto":
         checkpoint = Path(resume)
         if not (checkpoint / COMPLETE).is_file():
             raise QrtrainError(f"resume={resume}: not a complete qrtrain checkpoint (no {COMPLETE} marker); "
                                "give a checkpoint-N folder, or resume=auto / resume=never")
-    if checkpoint is None:
-        return None
-    check_checkpoint(checkpoint, config)
-    return checkpoint
+        damage = checkpoint_damage(checkpoint, config)
+        if damage:
+            raise QrtrainError(f"checkpoint {checkpoint} is damaged: {damage}; delete it or start over with resume=never")
+        check_same_config(checkpoint, config)
+        return checkpoint
+    for checkpoint in reversed(complete_checkpoints(folder)):
+        damage = checkpoint_damage(checkpoint, config)
+        if damage is None:
+            check_same_config(checkpoint, config)
+            return checkpoint
+        say(f"skipping checkpoint {checkpoint}: {damage}")
+        discard_checkpoints([checkpoint])
+    return None
 
 
-def check_checkpoint(checkpoint: Path, config: dict) -> None:
-    """Refuse a damaged checkpoint, or one whose result-changing config differs (naming the keys)."""
+def checkpoint_damage(checkpoint: Path, config: dict) -> str | None:
+    """What is wrong with a checkpoint's files, or None: missing or unreadable files, a state that claims
+    more steps than the run has, an adapter or optimizer file that does not parse."""
+    import zipfile
+
     from qrtrain.artifacts.verify import check_safetensors, folder_contents
 
     for name in ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt", RUN_CONFIG):
         if not (checkpoint / name).is_file():
-            raise QrtrainError(f"checkpoint {checkpoint} is damaged: {name} is missing; "
-                               "delete it or start over with resume=never")
+            return f"{name} is missing"
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         saved = json.loads((checkpoint / RUN_CONFIG).read_text())
-        assert isinstance(state, dict) and isinstance(saved, dict) and isinstance(state.get("global_step"), int)
-    except (ValueError, AssertionError):
-        raise QrtrainError(f"checkpoint {checkpoint} is damaged: trainer_state.json or {RUN_CONFIG} is not valid; "
-                           "delete it or start over with resume=never") from None
+        assert isinstance(state, dict) and isinstance(saved, dict) and type(state.get("global_step")) is int
+    except (ValueError, AssertionError, UnicodeDecodeError, RecursionError):
+        return f"trainer_state.json or {RUN_CONFIG} is not valid"
+    max_steps = config.get("training.max_steps")
+    if isinstance(max_steps, int) and not 0 < state["global_step"] <= max_steps:
+        return (f"trainer_state.json claims step {state['global_step']}, outside this run's "
+                f"1..{max_steps} (training.max_steps)")
+    if checkpoint.name != f"checkpoint-{state['global_step']}":
+        return f"trainer_state.json claims step {state['global_step']}, but the folder is {checkpoint.name}"
     problems = []
     check_safetensors(folder_contents(checkpoint), "adapter_model.safetensors",
                       lambda file, check, message: problems.append(message))
     if problems:
-        raise QrtrainError(f"checkpoint {checkpoint} is damaged: adapter_model.safetensors: {problems[0]}; "
-                           "delete it or start over with resume=never")
+        return f"adapter_model.safetensors: {problems[0]}"
+    for name in ("optimizer.pt", "scheduler.pt"):  # torch's files are zip archives: check every member's CRC
+        try:
+            with zipfile.ZipFile(checkpoint / name) as archive:
+                if archive.testzip() is not None:
+                    return f"{name} is corrupt"
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return f"{name} is truncated or not a torch file"
+    return None
+
+
+def check_same_config(checkpoint: Path, config: dict) -> None:
+    """Refuse a checkpoint whose result-changing config differs, naming the keys."""
+    saved = json.loads((checkpoint / RUN_CONFIG).read_text())
     differing = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
     if differing:
         details = ", ".join(f"{k} ({saved.get(k)!r} -> {config.get(k)!r})" for k in differing[:8])
         raise QrtrainError(f"checkpoint {checkpoint} was made with a different config: {details}; "
                            "resuming would not give the same result: use the same settings, or resume=never")
+
+
+def discard_checkpoints(checkpoints: list[Path]) -> None:
+    """Unmark first (flushed), then delete: a kill half-way leaves unmarked leftovers, never a marked half."""
+    for checkpoint in checkpoints:
+        (checkpoint / COMPLETE).unlink(missing_ok=True)
+    for folder in {c.parent for c in checkpoints}:
+        fsync_dir(folder)
+    for checkpoint in checkpoints:
+        shutil.rmtree(checkpoint, ignore_errors=True)
 
 
 class AtomicCheckpoints(TrainerCallback):
@@ -186,13 +225,15 @@ class AtomicCheckpoints(TrainerCallback):
 
 
 class StopOnSignal(TrainerCallback):
-    """SIGINT/SIGTERM: finish the step, save a checkpoint, stop. A second signal exits at once."""
+    """SIGINT/SIGTERM: finish the step, save a checkpoint, stop. A second signal exits at once, except while
+    publishing: then every signal waits until the version is complete."""
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
     def __init__(self):
         self.received = None
         self.previous = {}
+        self.publishing = False  # while publishing, signals are only noted: the version is completed first
 
     def install(self) -> None:
         for sig in self.EXIT_CODES:
@@ -203,9 +244,9 @@ class StopOnSignal(TrainerCallback):
             signal.signal(sig, handler)
 
     def handle(self, signum, frame) -> None:
-        if self.received is not None:
+        if self.received is not None and not self.publishing:
             os._exit(self.EXIT_CODES[signum])
-        self.received = signum
+        self.received = self.received or signum
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.received is not None:
@@ -224,3 +265,7 @@ def report_interrupt(where: str, code: int) -> None:
     overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
     report_error(QrtrainError(f"interrupted: {where}; resume with: qrtrain train {' '.join(overrides)}".rstrip()))
     sys.exit(code)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name

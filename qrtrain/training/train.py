@@ -92,35 +92,43 @@ def train(cfg, run_dir: Path) -> float:
         load_states(extensions, resume_from, str(next(model.parameters()).device))
         say(f"resuming from step {resume_from.name.split('-')[1]} ({resume_from})")
     started = time.time()
-    stop.install()
+    stop.install()  # until the version is published: see checkpoints.StopOnSignal
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if stop.exit_code is not None:
+            saved = checkpoints.complete_checkpoints(checkpoint_dir)
+            where = f"checkpoint saved at step {trainer.state.global_step} ({saved[-1]})" if saved else "no checkpoint saved"
+            checkpoints.report_interrupt(where, stop.exit_code)
+        metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
+                   "global_step": trainer.state.global_step,
+                   "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)}
+        if eval_set is not None:
+            metrics.update(trainer.evaluate())
+
+        if frozen_digest(model) != base_digest:
+            raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
+        if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
+            return float(metrics.get("eval_loss", metrics["train_loss"]))
+        if stop.exit_code is not None:
+            checkpoints.report_interrupt("after training, before publishing; nothing was published", stop.exit_code)
+
+        stop.publishing = True
+        try:
+            version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
+        except OSError as error:
+            raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
+                               "nothing was published and earlier versions are untouched; free space or choose "
+                               "another artifact.root, then run the same command to resume", exit_code=1) from None
+        # the training is done: its checkpoints served their purpose
+        checkpoints.discard_checkpoints(list(checkpoint_dir.glob("checkpoint-*")))
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     finally:
         stop.uninstall()
-    if stop.exit_code is not None:
-        saved = checkpoints.complete_checkpoints(checkpoint_dir)
-        where = f"checkpoint saved at step {trainer.state.global_step} ({saved[-1]})" if saved else "no checkpoint saved"
-        checkpoints.report_interrupt(where, stop.exit_code)
-    metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
-               "global_step": trainer.state.global_step,
-               "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)}
-    if eval_set is not None:
-        metrics.update(trainer.evaluate())
-
-    if frozen_digest(model) != base_digest:
-        raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
-    if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
-        return float(metrics.get("eval_loss", metrics["train_loss"]))
-
-    try:
-        version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
-    except OSError as error:
-        raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
-                           "nothing was published and earlier versions are untouched; free space or choose "
-                           "another artifact.root, then run the same command to resume", exit_code=1) from None
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the training is done: its checkpoints served their purpose
     if checkpoint_lock is not None:
         checkpoint_lock.close()
+    if stop.received is not None:
+        say(f"a signal ({checkpoints.signal_name(stop.received)}) arrived while publishing: the version was completed "
+            "first, and it is whole")
     say(f"published {version}; check it with: qrtrain verify {version}")
     print(version)
     return float(metrics.get("eval_loss", metrics["train_loss"]))
