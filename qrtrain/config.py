@@ -4,6 +4,7 @@
     python -c "from qrtrain.config import compose; print(compose(['model=tiny']))"
 """
 
+import math
 import re
 from pathlib import Path
 
@@ -87,14 +88,18 @@ def check_config(cfg) -> None:
 
     data = cfg.data
     need("data.eval_fraction", _is_number(data.eval_fraction) and 0 <= data.eval_fraction < 1, "a number in [0, 1)")
+    need("data.train", data.train is None or (isinstance(data.train, str) and data.train != "")
+         or (_is_list(data.train) and len(data.train) > 0 and all(isinstance(x, str) and x for x in data.train)),
+         "a path or a non-empty list of paths (null, the default, trains on the shipped demo)")
     sources = train_sources(cfg)
     if data.weights is not None:
         weights = data.weights
         need("data.weights", _is_list(weights) and len(weights) == len(sources)
-             and all(_is_number(w) and w > 0 for w in weights),
-             f"null or a list of {len(sources)} positive numbers, one per data.train source")
-    need("artifact.name", isinstance(cfg.artifact.name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.artifact.name) is not None,
-         "a name of letters, digits, '.', '_' and '-', e.g. my-adapter")
+             and all(_is_number(w) and 0 < w < math.inf for w in weights),
+             f"null or a list of {len(sources)} positive, finite numbers, one per data.train source")
+    need("artifact.name", isinstance(cfg.artifact.name, str) and len(cfg.artifact.name) <= 100
+         and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.artifact.name) is not None,
+         "a name of at most 100 letters, digits, '.', '_' and '-', e.g. my-adapter")
     ck = cfg.checkpoint
     need("checkpoint.every_steps", _is_int(ck.every_steps) and ck.every_steps >= 0, "a whole number, 0 or more")
     need("checkpoint.keep_last", _is_int(ck.keep_last) and ck.keep_last >= 1, "a whole number, 1 or more")
@@ -102,8 +107,29 @@ def check_config(cfg) -> None:
     need("resume", isinstance(cfg.resume, str) and cfg.resume != "", "auto, never or a checkpoint folder")
     need("artifact.root", isinstance(cfg.artifact.root, str) and cfg.artifact.root != "", "a folder path")
 
+    problems += unknown_keys(cfg)
     if problems:
         raise QrtrainError("invalid config:\n  " + "\n  ".join(problems) + "\nfix these overrides (qrtrain train --help lists the keys)")
+
+
+FIXED_SECTIONS = ("data", "lora", "training", "checkpoint", "artifact")
+
+
+def unknown_keys(cfg) -> list[str]:
+    """Keys added (with Hydra's `+`) to the sections conf/train.yaml fixes: a typo would otherwise be ignored."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    reference = OmegaConf.load(conf_dir() / "train.yaml")
+    problems = []
+    for section in FIXED_SECTIONS:
+        known = set(reference.get(section) or {})
+        for key in sorted(set(cfg.get(section) or {}) - known):
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {section}.{close[0]}?" if close else ""
+            problems.append(f"{section}.{key}: not a qrtrain setting (remove the `+`){hint}")
+    return problems
 
 
 def train_sources(cfg) -> list[str]:

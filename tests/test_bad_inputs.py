@@ -105,12 +105,28 @@ ROWS = {
     "unsupported file type": (data_file("d.csv", "text\nhello\n"), "unsupported data file type '.csv'"),
     "corrupt parquet": (data_file("d.parquet", b"PAR1 this is not parquet"), "not a readable Parquet file"),
     "missing data file": (overrides("data.train=/no/such/file.jsonl"), "/no/such/file.jsonl: no such data file"),
+    "deeply nested JSON": (data_file("d.jsonl", '{"messages": ' + "[" * 100000 + "]" * 100000 + "}\n"), "d.jsonl line 1: nested too deeply"),
+    "a lone surrogate": (data_file("d.jsonl", '{"text": "caf\\ud800"}\n'), "d.jsonl line 1: contains a lone UTF-16 surrogate"),
+    "duplicate JSON keys": (data_file("d.jsonl", '{"text": "a", "text": "b"}\n'), "d.jsonl line 1: key 'text' appears twice"),
+    "duplicate keys in a .json file": (data_file("d.json", '[{"prompt": "a", "prompt": "b", "completion": "c"}]'), "key 'prompt' appears twice"),
+    "empty parquet file": (data_file("d.parquet", b""), "d.parquet: the file is empty (0 bytes)"),
+    "corrupt saved dataset": (lambda tmp: (tmp / "ds").mkdir() or (tmp / "ds" / "state.json").write_text("{") and [f"data.train={tmp / 'ds'}"], "not a dataset folder saved with datasets.save_to_disk"),
+    "a pipe as data": (lambda tmp: os.mkfifo(tmp / "p.jsonl") or [f"data.train={tmp / 'p.jsonl'}"], "not a regular file (a pipe"),
+    "/dev/zero as data": (overrides("data.train=/dev/zero"), "/dev/zero: not a regular file"),
+    "empty data.train list": (overrides("data.train=[]"), "data.train=[]: expected a path or a non-empty list"),
+    "data.eval is data.train": (lambda tmp: data_file("d.jsonl", [CONVERSATION] * 4)(tmp) + [f"data.eval={tmp / 'd.jsonl'}"], "is the same data as data.train"),
+    "data.eval is a copy of data.train": (lambda tmp: data_file("d.jsonl", [CONVERSATION] * 4)(tmp) + data_file("e.jsonl", [CONVERSATION] * 4)(tmp)[:0] + [f"data.eval={tmp / 'e.jsonl'}"], "is the same data as data.train"),
     "messages for model_type=standard": (data_file("d.jsonl", [CONVERSATION]), None),
     # config overrides
     "negative max_steps": (overrides("training.max_steps=-1"), "training.max_steps=-1: expected a whole number above 0"),
     "dropout out of range": (overrides("lora.dropout=1.5"), "lora.dropout=1.5: expected a number in [0, 1)"),
     "weights do not match sources": (overrides("data.train=[a.jsonl]", "data.weights=[1,2]"), "data.weights"),
     "unknown key": (overrides("training.stepz=3"), "stepz"),
+    "unknown key added with +": (overrides("+training.nosuch=1"), "training.nosuch: not a qrtrain setting"),
+    "a misspelt key added with +": (overrides("+lora.alfa=8"), "did you mean lora.alpha?"),
+    "weights with inf": (lambda tmp: data_file("d.jsonl", [CONVERSATION])(tmp)[:0] + [f"data.train=[{tmp / 'd.jsonl'},{tmp / 'd.jsonl'}]", "data.weights=[1,inf]"], "positive, finite numbers"),
+    "very long artifact.name": (overrides("artifact.name=" + "a" * 300), "at most 100 letters"),
+    "target modules naming nothing": (overrides("lora.target_modules=[nosuch]"), "no module of this model has that name"),
     "unknown option": (overrides("quantization=int3"), "int3"),
     "resume from nowhere": (overrides("resume=/no/such/checkpoint"), "not a complete qrtrain checkpoint"),
     # models
@@ -186,3 +202,26 @@ def test_full_disk_while_publishing_loses_nothing(earlier, tmp_path, monkeypatch
     assert all(after.get(k) == v for k, v in before.items())
     assert not list((root / "tiny-dialogue").glob(".staging-*")) and sorted(p.name for p in (root / "tiny-dialogue").glob("v*")) == ["v1"]
     assert build_manifest(root / "tiny-dialogue" / "v1")["root_digest"] == json.loads((root / "tiny-dialogue" / "v1" / "checksums.json").read_text())["root_digest"]
+
+
+@pytest.mark.parametrize("variable", ["QRTRAIN_CACHE", "HOME"])
+def test_an_unwritable_cache_or_home_is_bad_input(tmp_path, monkeypatch, variable):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where a folder should be")
+    monkeypatch.delenv("QRTRAIN_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv(variable, str(blocked / "cache"))
+    result = CliRunner().invoke(app, ["train", "model=tiny", "training.max_steps=1", f"artifact.root={tmp_path / 'out'}"])
+    assert result.exit_code == 2 and "cannot be written" in result.output and "QRTRAIN_CACHE" in result.output
+    assert "Traceback" not in result.output and not list((tmp_path / "out").glob("*/v*"))
+
+
+def test_list_and_verify_do_not_hang_on_pipes(earlier, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(earlier, root)
+    version = root / "tiny-dialogue" / "v1"
+    (version / "training_metrics.json").unlink()
+    os.mkfifo(version / "training_metrics.json")
+    result = CliRunner().invoke(app, ["list", "--root", str(root), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)[0]["verified"] is False
+    assert CliRunner().invoke(app, ["verify", str(version)]).exit_code == 1

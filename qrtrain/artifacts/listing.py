@@ -43,9 +43,12 @@ def list_versions(root: Path) -> list[dict]:
 
 
 def _read_json(path: Path) -> dict:
+    """A small JSON file's object, or {}: never blocks on a pipe, never reads a huge file."""
     try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 16 << 20:
+            return {}
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

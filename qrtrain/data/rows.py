@@ -8,6 +8,7 @@ Sources: .jsonl, .json (a list of objects), .parquet, or a folder written by
 """
 
 import json
+import re
 from pathlib import Path
 
 from qrtrain.config import PACKAGE_DIR
@@ -20,12 +21,43 @@ FORMAT_HELP = ("expected a JSON object with `text`, `prompt`/`completion`, `mess
                "or `instruction`/`output` (alpaca)")
 
 
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+class JSONProblem(ValueError):
+    """Valid JSON syntax that is still not usable data: duplicate keys, lone surrogates, deep nesting."""
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise JSONProblem(f"key {twice!r} appears twice in one object (JSON readers disagree on which one wins)")
+    return dict(pairs)
+
+
+def parse_json(text: str):
+    """json.loads, strict about what other readers would read differently or fail on later."""
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise JSONProblem("nested too deeply") from None
+    if SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JSONProblem("contains a lone UTF-16 surrogate escape (e.g. \\ud800), which is not text") from None
+    return value
+
+
 def read_rows(path: Path) -> list[tuple[str, object]]:
     """Rows of one source as (where, row) pairs; `where` is 'FILE line N' or 'FILE row N'."""
     if not path.exists():
         raise QrtrainError(f"{path}: no such data file or folder")
     if path.is_dir():
         return _read_saved_dataset(path)
+    if not path.is_file():
+        raise QrtrainError(f"{path}: not a regular file (a pipe, socket or device); give a data file or folder")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
@@ -39,16 +71,20 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
                 if not line.strip():
                     continue
                 try:
-                    rows.append((f"{path} line {number}", json.loads(line)))
+                    rows.append((f"{path} line {number}", parse_json(line)))
                 except json.JSONDecodeError as error:
                     raise QrtrainError(f"{path} line {number}: not valid JSON ({error.msg} at column {error.colno}); "
                                        "each line must be one JSON object") from None
+                except JSONProblem as error:
+                    raise QrtrainError(f"{path} line {number}: {error}; fix that line") from None
         return rows
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = parse_json(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise QrtrainError(f"{path} line {error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+        except JSONProblem as error:
+            raise QrtrainError(f"{path}: {error}") from None
         except UnicodeDecodeError:
             raise QrtrainError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
         if not isinstance(data, list):
@@ -59,10 +95,12 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
         from datasets import Dataset
 
         quiet_datasets()
+        if path.stat().st_size == 0:
+            raise QrtrainError(f"{path}: the file is empty (0 bytes); a Parquet file needs at least its footer")
         try:
             dataset = Dataset.from_parquet(str(path))
         except Exception as error:
-            raise QrtrainError(f"{path}: not a readable Parquet file ({error})") from None
+            raise QrtrainError(f"{path}: not a readable Parquet file ({str(error).splitlines()[0][:200]})") from None
         return [(f"{path} row {i + 1}", row) for i, row in enumerate(dataset)]
     raise QrtrainError(f"{path}: unsupported data file type {suffix!r}; use .jsonl, .json, .parquet "
                        "or a folder saved with datasets.Dataset.save_to_disk")

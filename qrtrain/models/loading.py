@@ -91,8 +91,12 @@ def _cached(name: str, build) -> Path:
     if (folder / COMPLETE_MARKER).is_file():
         check_cached(folder)
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    except OSError as error:
+        raise QrtrainError(f"the model cache {cache_dir()} cannot be written ({error.strerror}); set QRTRAIN_CACHE "
+                           "to a writable folder (default: $XDG_CACHE_HOME/qrtrain or ~/.cache/qrtrain)") from None
     try:
         build(staging)
         (staging / COMPLETE_MARKER).write_text(json.dumps(_file_hashes(staging), indent=1) + "\n")

@@ -36,6 +36,7 @@ def load_datasets(cfg):
         train = interleave_datasets(datasets, probabilities=[w / total for w in weights], seed=cfg.seed,
                                     stopping_strategy="all_exhausted")
     if cfg.data.eval is not None:
+        check_eval_is_not_train(Path(cfg.data.eval), paths)
         eval_set = Dataset.from_list(unify([load_source(Path(cfg.data.eval), model_type)])[0])
         described.append({"path": str(cfg.data.eval), "role": "eval", "rows": len(eval_set)})
     elif cfg.data.train is None and cfg.model_type.demo_eval:
@@ -50,6 +51,19 @@ def load_datasets(cfg):
         raise QrtrainError(f"no training examples left in {', '.join(map(str, paths))} after the evaluation split; "
                            "add data or set data.eval_fraction=0")
     return train, eval_set, described
+
+
+def check_eval_is_not_train(eval_path: Path, train_paths: list[Path]) -> None:
+    """An evaluation set that is a training file (the same file, or the same bytes) measures nothing."""
+    for train_path in train_paths:
+        same = eval_path.exists() and train_path.exists() and (
+            eval_path.resolve() == train_path.resolve()
+            or (eval_path.is_file() and train_path.is_file() and eval_path.stat().st_size == train_path.stat().st_size
+                and sha256_file(eval_path) == sha256_file(train_path)))
+        if same:
+            raise QrtrainError(f"data.eval={eval_path} is the same data as data.train {train_path}: a loss on the "
+                               "examples trained on says nothing about new ones; give held-out data, or leave "
+                               "data.eval null to hold out data.eval_fraction of the training data")
 
 
 def token_report(dataset, tokenizer, max_length: int) -> dict:

@@ -24,6 +24,22 @@ def lora_config(cfg):
     )
 
 
+def add_lora(model, cfg):
+    """PEFT's get_peft_model with qrtrain's LoraConfig; target modules that name nothing are bad input."""
+    import torch
+    from peft import get_peft_model
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    try:
+        return get_peft_model(model, lora_config(cfg))
+    except NoMatchingPeftModuleError:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear) or "Linear" in type(module).__name__})
+        raise QrtrainError(f"lora.target_modules={cfg.lora.target_modules}: no module of this model has that name; "
+                           f"its linear layers are {', '.join(linear[:12])}; name some of them, e.g. "
+                           "[q_proj,v_proj], or use all-linear") from None
+
+
 # Module names of the vision side of common vision-language models (LLaVA, Idefics3/SmolVLM, Qwen-VL).
 VISION_MODULES = r".*(vision_tower|vision_model|visual|multi_modal_projector|mm_projector|connector).*"
 

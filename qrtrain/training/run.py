@@ -7,6 +7,7 @@
 Exit codes: 0 published, 1 training failed, 2 bad input (config, data, overrides), 130/143 interrupted.
 """
 
+import errno
 import os
 import sys
 import traceback
@@ -29,6 +30,7 @@ def run_hydra(overrides: list[str]) -> int:
     if os.environ.get("QRTRAIN_DEBUG"):
         os.environ["HYDRA_FULL_ERROR"] = "1"
     check_override_syntax(overrides)
+    check_before_hydra(overrides)
     check_writable(Path(artifact_root(overrides)))  # Hydra creates its run folder there first
     sys.argv = ["qrtrain train", *overrides]
     main = hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(hydra_task)
@@ -39,6 +41,21 @@ def run_hydra(overrides: list[str]) -> int:
         # Hydra exits 1 on a config it cannot compose (unknown option, bad override): that is a usage error.
         return 2 if code == 1 and not _task_started else code
     return 0
+
+
+def check_before_hydra(overrides: list[str]) -> None:
+    """A single run's config is composed and checked before Hydra creates its run folder from it (a bad
+    artifact.name would otherwise fail there, in Hydra's words). Sweeps, Hydra flags and user config
+    folders are left to Hydra and checked per job."""
+    from qrtrain.config import check_config, compose
+
+    if any(token.startswith(("-", "hydra", "+hydra", "~")) for token in overrides):
+        return
+    try:
+        cfg = compose(overrides)
+    except QrtrainError:
+        return  # Hydra reports what it cannot compose, in its own words, as a usage error
+    check_config(cfg)
 
 
 def check_override_syntax(overrides: list[str]) -> None:
@@ -90,5 +107,10 @@ def hydra_task(cfg) -> float:
     except Exception as error:  # a crash, not bad input: say so, traceback only with --debug
         if os.environ.get("QRTRAIN_DEBUG"):
             raise
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            report_error(QrtrainError(f"the disk is full ({error.filename or 'while writing'}): nothing was published "
+                                      "and complete checkpoints are kept; free space, then run the same command "
+                                      "to resume"))
+            sys.exit(1)
         report_error(QrtrainError(f"training failed: {type(error).__name__}: {error} (rerun with --debug for the traceback)"))
         sys.exit(1)

@@ -61,16 +61,14 @@ def train(cfg, run_dir: Path) -> float:
     set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
     model = load_model(folder, cfg, device, dtype, attention)
 
-    from peft import get_peft_model
-
     from qrtrain.training.lora import (
+        add_lora,
         check_only_lora_trainable,
         frozen_digest,
         keep_lora_inputs_in_compute_dtype,
-        lora_config,
     )
 
-    model = get_peft_model(model, lora_config(cfg))
+    model = add_lora(model, cfg)
     keep_lora_inputs_in_compute_dtype(model, dtype)
     apply_checkpointing(model, plan.checkpointed_layers)
     trainable, total = check_only_lora_trainable(model)
