@@ -304,14 +304,16 @@ def build_ollama(version: Path, base_folder: Path, metadata: dict, staging: Path
     tokenizer = load_chat_tokenizer(version)
     template, default_system = ollama_template(tokenizer)
     base_gguf = base_model_gguf(metadata)
-    lines = [f"# ollama create {metadata['name']} -f Modelfile",
-             f"FROM {base_gguf or base_folder}", "ADAPTER ./adapter.gguf", f'TEMPLATE """{template}"""']
+    if base_gguf is not None:  # the shipped base travels with the adapter, covered by the package's manifest
+        shutil.copyfile(base_gguf, staging / "base.gguf")
+    lines = [f"# ollama create {metadata['name']} -f Modelfile   (in this folder)",
+             f"FROM {'./base.gguf' if base_gguf else base_folder}", "ADAPTER ./adapter.gguf", f'TEMPLATE """{template}"""']
     if default_system:
         lines.append(f'SYSTEM """{default_system}"""')
     stops = sorted({tokenizer.eos_token} | {t for t in ("<|im_end|>", "<|im_start|>") if t in tokenizer.get_vocab()})
     lines += [f'PARAMETER stop "{s}"' for s in stops] + ["PARAMETER temperature 0", "PARAMETER num_ctx 2048"]
     (staging / "Modelfile").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {"base_gguf": str(base_gguf) if base_gguf else None, "base_folder": str(base_folder)}
+    return {"base_gguf": base_gguf.name if base_gguf else None, "base_folder": str(base_folder)}
 
 
 def base_model_gguf(metadata: dict) -> Path | None:
@@ -361,6 +363,7 @@ def ollama_template(tokenizer) -> tuple[str, str | None]:
     if not generation.startswith(suffix):
         raise unsupported
     generation = generation[len(suffix):]
-    template = (f"{bos}{{{{ if .System }}}}{opening}system{middle}{{{{ .System }}}}{suffix}{{{{ end }}}}"
-                f"{{{{ range .Messages }}}}{opening}{{{{ .Role }}}}{middle}{{{{ .Content }}}}{suffix}{{{{ end }}}}{generation}")
+    # Ollama passes every turn, system turns included, in .Messages (and the Modelfile's SYSTEM as a system turn
+    # when a request has none); its .System repeats the system turns, so the template must not use it too.
+    template = f"{bos}{{{{ range .Messages }}}}{opening}{{{{ .Role }}}}{middle}{{{{ .Content }}}}{suffix}{{{{ end }}}}{generation}"
     return template, default_system

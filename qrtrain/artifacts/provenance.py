@@ -26,6 +26,9 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
         "git_commit": git_commit(),
         "base_model": {
             "name": cfg.model.name,
+            "hub_id": cfg.model.get("hub_id"),
+            "weights": (f"{cfg.model.gguf_file} from the {cfg.model.gguf_package} package, dequantised to float32"
+                        if cfg.model.get("source") == "gguf" and not cfg.model.get("path") else "as in the folder"),
             "path": str(cfg.model.path or base_folder),
             "files": {p.name: sha256_file(p) for p in sorted(base_folder.iterdir())
                       if p.suffix in (".safetensors", ".json", ".jinja", ".model", ".txt") and p.is_file()},
@@ -44,29 +47,39 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
     }
 
 
+def base_model_reference(cfg) -> str:
+    """How the adapter names its base: the Hub id where one is known (it resolves on any machine), else what
+    model.path was given, else the model option's name. metadata.json keeps the local folder and file hashes."""
+    return cfg.model.get("hub_id") or (str(cfg.model.path) if cfg.model.get("path") else cfg.model.name)
+
+
 def model_card(cfg, metadata: dict, metrics: dict) -> str:
     """A Hugging Face model card: front matter, how it was made, how to load and verify it."""
     eval_loss = metrics.get("eval_loss")
+    hub_id = metadata["base_model"].get("hub_id")
+    base = base_model_reference(cfg)
+    weights = metadata["base_model"].get("weights", "")
+    note = (f"\nThe base weights qrtrain trained against are `{hub_id}`'s {weights}; the file hashes are in "
+            "`metadata.json`.\n" if hub_id and "dequantised" in weights else "")
+    front_base = f"base_model: {hub_id}\n" if hub_id else ""
     return f"""---
 library_name: peft
-base_model: {metadata['base_model']['path']}
-tags: [qrtrain, lora, {cfg.model_type.name}, {cfg.quantization.name}]
+{front_base}tags: [qrtrain, lora, {cfg.model_type.name}, {cfg.quantization.name}]
 ---
 
 # {cfg.artifact.name}
 
-A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) for `{cfg.model.name}`, trained by qrtrain {__version__}
+A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) for `{base}`, trained by qrtrain {__version__}
 with model_type={cfg.model_type.name}, strategy={cfg.strategy.name}, quantization={cfg.quantization.name},
 {metrics.get('global_step')} steps; final train loss {metrics.get('train_loss'):.4f}{f', eval loss {eval_loss:.4f}' if eval_loss is not None else ''}.
-
+{note}
 ## Load
 
 ```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
 
-base = AutoModelForCausalLM.from_pretrained("{metadata['base_model']['path']}")
-model = PeftModel.from_pretrained(base, "PATH_TO_THIS_FOLDER")
+model = AutoPeftModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")   # the base by its name: {base}
 tokenizer = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
 ```
 

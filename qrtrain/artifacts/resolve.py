@@ -26,8 +26,58 @@ def resolve_target(target: Path) -> tuple[Path | None, Path]:
             raise QrtrainError(f"{target} fails verification, so it is not evaluated ({listed}); "
                                f"see `qrtrain verify {target}`")
         metadata = json.loads((target / "metadata.json").read_text())
-        return target, Path(metadata["base_model"]["path"])
+        return target, locate_base(metadata)
     if (target / "config.json").is_file():
         return None, target
     raise QrtrainError(f"{target}: not an artifact version (no {MANIFEST_NAME}), an artifact folder (no latest) "
                        "or a model folder (no config.json)")
+
+
+def locate_base(metadata: dict) -> Path:
+    """The base model folder on this machine, by the file hashes recorded at training time: the recorded
+    folder if it is here and unchanged, else the model option of that name (built or converted into this
+    machine's cache), else the Hub id in the local Hugging Face cache. Nothing matching: the recorded path,
+    which the caller reports as missing (with model.path=FOLDER / --base FOLDER to name one)."""
+    base = metadata.get("base_model") or {}
+    recorded = Path(str(base.get("path") or ""))
+    files = base.get("files") if isinstance(base.get("files"), dict) else {}
+
+    def matches(folder: Path) -> bool:
+        from qrtrain.artifacts.manifest import sha256_file
+
+        return bool(files) and (folder / "config.json").is_file() and all(
+            isinstance(name, str) and "/" not in name and (folder / name).is_file()
+            and sha256_file(folder / name) == digest for name, digest in files.items())
+
+    if recorded.is_dir() and matches(recorded):
+        return recorded
+    for find in (_model_option_folder, _hub_cache_folder):
+        folder = find(base)
+        if folder is not None and matches(folder):
+            return folder
+    return recorded
+
+
+def _model_option_folder(base: dict) -> Path | None:
+    from qrtrain.config import compose, group_options
+
+    if base.get("name") not in group_options("model"):
+        return None
+    from qrtrain.models.loading import model_folder
+
+    try:
+        return model_folder(compose([f"model={base['name']}"]).model)
+    except QrtrainError:
+        return None
+
+
+def _hub_cache_folder(base: dict) -> Path | None:
+    hub_id = base.get("hub_id")
+    if not isinstance(hub_id, str) or hub_id.count("/") != 1:
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # not in this machine's Hugging Face cache
+        return None

@@ -124,7 +124,9 @@ def _base_folder(cfg, adapters: list[Path]) -> Path:
     if adapters:
         from qrtrain.evaluation.evaluate import base_folder_for
 
-        return base_folder_for(cfg, Path(json.loads((adapters[0] / "metadata.json").read_text())["base_model"]["path"]))
+        from qrtrain.artifacts.resolve import locate_base
+
+        return base_folder_for(cfg, locate_base(json.loads((adapters[0] / "metadata.json").read_text())))
     from qrtrain.models.loading import model_folder
 
     return model_folder(cfg.model)

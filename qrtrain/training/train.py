@@ -138,11 +138,13 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
     from omegaconf import OmegaConf
 
     from qrtrain.artifacts.manifest import write_json
-    from qrtrain.artifacts.provenance import model_card, version_metadata
+    from qrtrain.artifacts.provenance import base_model_reference, model_card, version_metadata
     from qrtrain.artifacts.versions import publish_version, staging_folder
     from qrtrain.training.extensions import describe as describe_extensions
 
     with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
+        for peft_config in trainer.model.peft_config.values():  # a name that resolves on other machines
+            peft_config.base_model_name_or_path = base_model_reference(cfg)
         trainer.model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
