@@ -88,6 +88,7 @@ def check_config(cfg) -> None:
 
     data = cfg.data
     need("data.eval_fraction", _is_number(data.eval_fraction) and 0 <= data.eval_fraction < 1, "a number in [0, 1)")
+    need("data.eval_max_examples", _is_int(data.eval_max_examples) and data.eval_max_examples > 0, "a whole number above 0")
     need("data.train", data.train is None or (isinstance(data.train, str) and data.train != "")
          or (_is_list(data.train) and len(data.train) > 0 and all(isinstance(x, str) and x for x in data.train)),
          "a path or a non-empty list of paths (null, the default, trains on the shipped demo)")

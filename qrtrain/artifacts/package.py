@@ -302,7 +302,13 @@ def build_ollama(version: Path, base_folder: Path, metadata: dict, staging: Path
     writer.close()
 
     tokenizer = load_chat_tokenizer(version)
-    template, default_system = ollama_template(tokenizer)
+    formats = [d.get("format") for d in metadata.get("datasets", []) if d.get("role") == "train"]
+    if formats and formats[0] in ("alpaca", "prompt-completion", "text"):  # trained on prompts, not chats
+        template = ("### Instruction:\n{{ .Prompt }}\n\n### Response:\n" if formats[0] == "alpaca"
+                    else "{{ .Prompt }}")
+        default_system = None
+    else:
+        template, default_system = ollama_template(tokenizer)
     base_gguf = base_model_gguf(metadata)
     if base_gguf is not None:  # the shipped base travels with the adapter, covered by the package's manifest
         shutil.copyfile(base_gguf, staging / "base.gguf")

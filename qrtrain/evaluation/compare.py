@@ -78,8 +78,9 @@ def compare(overrides: list[str]) -> Path:
     def run(name: str, tokenizer, use_retrieval: bool, extra: dict) -> dict:
         passages = retrieved if use_retrieval else [[] for _ in items]
         prompts = [with_context(i["prompt"], p) for i, p in zip(items, passages)]
-        answers = generation.generate_answers(model, tokenizer, prompts, cfg.generation.batch_size,
-                                              cfg.generation.max_new_tokens, cfg.generation.seed)
+        limit = generation.answer_limit(cfg.generation.max_new_tokens, tokenizer, [i["reference"] for i in items if i["reference"]])
+        answers = generation.generate_answers(model, tokenizer, prompts, cfg.generation.batch_size, limit,
+                                              cfg.generation.seed)
         aggregate, rows = score(items, answers, passages)
         say(f"{name}: keyword accuracy {aggregate.get('keyword_accuracy', {}).get('mean')}")
         return {"system": name, **extra, "metrics": aggregate, "items": rows}

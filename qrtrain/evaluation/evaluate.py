@@ -16,18 +16,19 @@ from pathlib import Path
 
 from qrtrain.artifacts.manifest import write_json
 from qrtrain.artifacts.resolve import resolve_target
-from qrtrain.data.rows import DEMO_DIR, message_text, read_rows
+from qrtrain.data.rows import DEMO_DIR, message_text, read_rows, row_format, row_problem, to_training_row
 from qrtrain.errors import QrtrainError
 
 CITE_INSTRUCTION = "Answer from the sources and end with the id of the source you used, like [{example}]."
 
 
-def load_items(path: Path) -> list[dict]:
-    """Evaluation items with a prompt conversation; refuses a set with none usable."""
+def load_items(path: Path, prompt_format: str = "chat") -> list[dict]:
+    """Evaluation items with a prompt as the adapter was trained on it (a conversation for chat, a string
+    for alpaca, prompt-completion and text); refuses a set with none usable."""
     items, problems = [], []
     folder = Path(path).parent
     for where, row in read_rows(Path(path)):
-        item = to_item(row, len(items))
+        item = to_item(row, len(items), prompt_format)
         if isinstance(item, dict) and row.get("images"):
             from qrtrain.data.rows import multimodal_row
 
@@ -43,10 +44,15 @@ def load_items(path: Path) -> list[dict]:
     return items
 
 
-def to_item(row, index: int):
+def to_item(row, index: int, prompt_format: str = "chat"):
     if not isinstance(row, dict):
         return "expected a JSON object"
-    if isinstance(row.get("messages"), list) and row["messages"]:
+    kind = row_format(row)
+    if kind in ("alpaca", "prompt_completion") and row_problem(row) is None:  # the training formats, as trained
+        row = {**row, **to_training_row(row, "dialogue" if prompt_format == "chat" else "standard", "")}
+    if isinstance(row.get("prompt"), str) and prompt_format != "chat":
+        prompt, reference = row["prompt"], row.get("completion")
+    elif isinstance(row.get("messages"), list) and row["messages"]:
         messages = [m for m in row["messages"] if isinstance(m, dict) and isinstance(m.get("content"), (str, list))]
         reference = None
         if messages and messages[-1].get("role") == "assistant":
@@ -60,7 +66,10 @@ def to_item(row, index: int):
         prompt.append({"role": "user", "content": row["question"]})
         reference = None
     else:
-        return "needs `messages` or `question`"
+        return "needs `messages`, `question`, `prompt`/`completion` or `instruction`/`output`"
+    if prompt_format != "chat" and not isinstance(prompt, str):  # a question for an adapter trained on prompts
+        question = message_text(next(m for m in reversed(prompt) if m["role"] == "user"))
+        prompt = f"### Instruction:\n{question}\n\n### Response:\n" if prompt_format == "alpaca" else question
     reference = row.get("answer", reference)
     context = row.get("context") or []
     if not (isinstance(context, list) and all(isinstance(c, dict) and "id" in c and "text" in c for c in context)):
@@ -78,12 +87,14 @@ def to_item(row, index: int):
     }
 
 
-def with_context(prompt: list[dict], passages: list[dict]) -> list[dict]:
+def with_context(prompt: list[dict] | str, passages: list[dict]) -> list[dict] | str:
     """The prompt with the passages in its system message, asking for a citation; the question unchanged."""
     if not passages:
         return prompt
     sources = "\n".join(f"[{p['id']}] {p['text']}" for p in passages)
     instruction = CITE_INSTRUCTION.format(example=passages[0]["id"])
+    if isinstance(prompt, str):  # a raw prompt (an adapter trained on prompts): the sources come first
+        return f"Sources:\n{sources}\n\n{instruction}\n\n{prompt}"
     if prompt and prompt[0]["role"] == "system":
         system, rest = prompt[0]["content"] + "\n\n", prompt[1:]
     else:
@@ -98,7 +109,7 @@ def score(items: list[dict], answers: list[dict], passages: list[list[dict]]) ->
     rows, per_metric = [], {}
     for item, answer, used in zip(items, answers, passages):
         text = answer["answer"]
-        row = {"id": item["id"], "question": message_text(item["prompt"][-1])[-300:], "answer": text,
+        row = {"id": item["id"], "question": (item["prompt"] if isinstance(item["prompt"], str) else message_text(item["prompt"][-1]))[-300:], "answer": text,
                "reference": item["reference"], "latency_s": answer["latency_s"]}
         if item["reference"] is not None and not item["should_refuse"]:
             row["exact_match"] = metrics.exact_match(text, item["reference"])
@@ -143,10 +154,30 @@ def base_folder_for(cfg, recorded: Path) -> Path:
     return folder
 
 
-def suite_items(cfg, model_type: str = "dialogue") -> list[dict]:
+def suite_items(cfg, model_type: str = "dialogue", prompt_format: str = "chat") -> list[dict]:
     demo = "shapes_heldout.jsonl" if model_type == "multimodal" else "qa_heldout.jsonl"
     path = Path(cfg.evaluation.questions) if cfg.evaluation.questions else DEMO_DIR / demo
-    return load_items(path)
+    return load_items(path, prompt_format)
+
+
+def suite_name(cfg) -> str:
+    """The report's label: the suite's name, or the question file's name when one is given."""
+    return Path(cfg.evaluation.questions).stem if cfg.evaluation.questions else cfg.evaluation.name
+
+
+def trained_as(artifact: Path | None) -> dict:
+    """What evaluation repeats of training: model_type, prompt format, max_length (from the version's files)."""
+    if artifact is None:
+        return {"model_type": "dialogue", "prompt_format": "chat", "max_length": None}
+    metadata = json.loads((artifact / "metadata.json").read_text())
+    formats = [d.get("format") for d in metadata.get("datasets", []) if d.get("role") == "train"]
+    max_length = None
+    if (artifact / "training_config.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        max_length = OmegaConf.load(artifact / "training_config.yaml").get("training", {}).get("max_length")
+    return {"model_type": metadata["model_type"], "prompt_format": formats[0] if formats and formats[0] else "chat",
+            "max_length": max_length}
 
 
 def evaluate(target: Path, overrides: list[str]) -> Path:
@@ -155,8 +186,9 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
 
     cfg = compose(overrides, config_name="evaluate")
     artifact, recorded_base = resolve_target(target)
-    model_type = json.loads((artifact / "metadata.json").read_text())["model_type"] if artifact else "dialogue"
-    items = suite_items(cfg, model_type)
+    trained = trained_as(artifact)
+    items = suite_items(cfg, trained["model_type"], trained["prompt_format"])
+    suite = suite_name(cfg)
 
     from qrtrain.evaluation import generation, report
     from qrtrain.models import loading as models
@@ -172,24 +204,28 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
 
         model = PeftModel.from_pretrained(model, artifact).eval()
     tokenizer = models.load_chat_tokenizer(artifact or base, vision=models.is_vision_language(base))
-    say(f"evaluating {artifact or base} on {len(items)} items ({cfg.evaluation.name}) on {device}")
+    say(f"evaluating {artifact or base} on {len(items)} items ({suite}, prompts as trained: "
+        f"{trained['prompt_format']}) on {device}")
 
     prompts = [with_context(i["prompt"], i["context"]) for i in items]
     images = [i["images"] for i in items]
-    referenced = [(p + [{"role": "assistant", "content": i["reference"]}], i["images"]) for p, i in zip(prompts, items) if i["reference"]]
+    referenced = [(p, i["reference"], i["images"]) for p, i in zip(prompts, items) if i["reference"]]
     started = time.time()
-    loss = generation.answer_loss(model, tokenizer, [c for c, _ in referenced], [im for _, im in referenced])
+    loss = generation.answer_loss(model, tokenizer, [(p, r) for p, r, _ in referenced], [im for _, _, im in referenced],
+                                  max_length=trained["max_length"])
+    max_new_tokens = generation.answer_limit(cfg.generation.max_new_tokens, tokenizer, [r for _, r, _ in referenced])
     answers = generation.generate_answers(model, tokenizer, prompts, cfg.generation.batch_size,
-                                          cfg.generation.max_new_tokens, cfg.generation.seed, images)
+                                          max_new_tokens, cfg.generation.seed, images)
     aggregate, rows = score(items, answers, [i["context"] for i in items])
     aggregate["loss"] = {"mean": loss["loss"], "ci95": None, "n": loss["tokens"]}
     aggregate["perplexity"] = {"mean": loss["perplexity"], "ci95": None, "n": loss["tokens"]}
     aggregate["peak_memory_mb"] = {"mean": generation.peak_memory_mb(device), "ci95": None, "n": 1}
 
-    result = {"target": str(artifact or base), "base_model": str(base), "suite": cfg.evaluation.name,
+    result = {"target": str(artifact or base), "base_model": str(base), "suite": suite,
+              "prompt_format": trained["prompt_format"], "max_new_tokens": max_new_tokens,
               "created": datetime.now().isoformat(timespec="seconds"), "device": device,
               "seconds": round(time.time() - started, 2), "metrics": aggregate, "items": rows}
-    folder = output_folder(cfg, artifact, base)
+    folder = output_folder(cfg, artifact, base, suite)
     write_json(folder / "report.json", result)
     (folder / "report.md").write_text(report.evaluation_markdown(result), encoding="utf-8")
     report.metrics_chart({result["target"]: aggregate}, folder / "metrics.png")
@@ -200,13 +236,13 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
     return folder
 
 
-def output_folder(cfg, artifact: Path | None, base: Path) -> Path:
+def output_folder(cfg, artifact: Path | None, base: Path, suite: str) -> Path:
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if cfg.output_dir:
         folder = Path(cfg.output_dir)
     elif artifact is not None:
-        folder = artifact.parent / "evaluations" / f"{artifact.name}-{cfg.evaluation.name}-{stamp}"
+        folder = artifact.parent / "evaluations" / f"{artifact.name}-{suite}-{stamp}"
     else:
-        folder = Path("outputs") / "evaluations" / f"{base.name}-{cfg.evaluation.name}-{stamp}"
+        folder = Path("outputs") / "evaluations" / f"{base.name}-{suite}-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -10,12 +10,29 @@ import math
 import time
 
 
-def encode(processing, texts: list[str], images: list | None, device):
-    """Token ids (and pixel values) for rendered prompts; images per prompt when the items have them."""
+def render(processing, prompt, generation_prompt: bool = True) -> str:
+    """A prompt as the model saw it in training: a conversation through the chat template, a string as is."""
+    if isinstance(prompt, str):
+        return prompt
+    return processing.apply_chat_template(prompt, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def encode(processing, texts: list[str], images: list | None, device, special_tokens: bool = False):
+    """Token ids (and pixel values) for rendered prompts; images per prompt when the items have them.
+    Chat templates write their own BOS; raw prompts get the tokenizer's special tokens, as TRL adds them."""
     tokenizer = getattr(processing, "tokenizer", processing)
     if images and any(images):
         return processing(text=texts, images=images, return_tensors="pt", padding=True).to(device)
-    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=special_tokens).to(device)
+
+
+def answer_limit(setting, processing, references: list[str]) -> int:
+    """generation.max_new_tokens: a number, or auto: 1.5x the longest reference answer (+8), within 48..512."""
+    if setting != "auto":
+        return int(setting)
+    tokenizer = getattr(processing, "tokenizer", processing)
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references), default=0)
+    return min(512, max(48, round(1.5 * longest) + 8))
 
 
 def generate_answers(model, processing, prompts: list[list[dict]], batch_size: int, max_new_tokens: int,
@@ -28,8 +45,9 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
     results = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
-        texts = [processing.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
-        inputs = encode(processing, texts, images[start:start + batch_size] if images else None, model.device)
+        texts = [render(processing, p) for p in batch]
+        inputs = encode(processing, texts, images[start:start + batch_size] if images else None, model.device,
+                        special_tokens=isinstance(batch[0], str))
         began = time.perf_counter()
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
@@ -46,28 +64,35 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
     return results
 
 
-def answer_loss(model, processing, conversations: list[list[dict]], images: list | None = None) -> dict:
-    """Mean loss (and perplexity) over the final assistant answer of complete conversations."""
+def answer_loss(model, processing, pairs: list[tuple], images: list | None = None, max_length: int | None = None) -> dict:
+    """Mean loss (and perplexity) over the reference answers of (prompt, answer) pairs, each truncated to
+    max_length tokens as training truncated it (keeping the start)."""
     import torch
 
+    tokenizer = getattr(processing, "tokenizer", processing)
     total_loss, total_tokens = 0.0, 0
-    for n, messages in enumerate(conversations):
+    for n, (prompt, answer) in enumerate(pairs):
         pictures = [images[n]] if images and images[n] else None
-        full = encode(processing, [processing.apply_chat_template(messages, tokenize=False)], pictures, model.device)
-        prompt = encode(processing, [processing.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)],
-                        pictures, model.device)
+        raw = isinstance(prompt, str)
+        full_text = prompt + answer + tokenizer.eos_token if raw else render(
+            processing, prompt + [{"role": "assistant", "content": answer}], generation_prompt=False)
+        full = encode(processing, [full_text], pictures, model.device, special_tokens=raw)
+        prompt_ids = encode(processing, [render(processing, prompt)], pictures, model.device, special_tokens=raw)
         ids = full["input_ids"]
         labels = ids.clone()
-        labels[:, :prompt["input_ids"].shape[1]] = -100  # chat templates render the prompt as a prefix
-        eos = (ids[0] == getattr(processing, "tokenizer", processing).eos_token_id).nonzero()
+        labels[:, :prompt_ids["input_ids"].shape[1]] = -100  # the prompt renders as a prefix
+        eos = (ids[0] == tokenizer.eos_token_id).nonzero()
         if len(eos):
             labels[:, int(eos[-1]) + 1:] = -100  # template text after the end-of-turn token is not learned
         extra = {k: v for k, v in full.items() if k not in ("input_ids", "attention_mask")}
+        mask = full["attention_mask"]
+        if max_length and not extra:  # image tokens are never cut (training does not cut them either)
+            ids, labels, mask = ids[:, :max_length], labels[:, :max_length], mask[:, :max_length]
         count = int((labels[:, 1:] != -100).sum())
         if count == 0:
             continue
         with torch.no_grad():
-            loss = model(input_ids=ids, attention_mask=full["attention_mask"], labels=labels, **extra).loss
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels, **extra).loss
         total_loss += loss.item() * count
         total_tokens += count
     if total_tokens == 0:

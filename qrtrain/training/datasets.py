@@ -26,7 +26,8 @@ def load_datasets(cfg):
     model_type = cfg.model_type.name
     paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / cfg.model_type.demo_train]
     sources = unify([load_source(p, model_type) for p in paths])
-    described = [{"path": str(p), "role": "train", "rows": len(rows)} for p, rows in zip(paths, sources)]
+    described = [{"path": str(p), "role": "train", "rows": len(rows), "format": prompt_format(rows, model_type)}
+                 for p, rows in zip(paths, sources)]
     datasets = [Dataset.from_list(rows) for rows in sources]
     if len(datasets) == 1:
         train = datasets[0]
@@ -43,14 +44,29 @@ def load_datasets(cfg):
         eval_set = Dataset.from_list(load_source(DEMO_DIR / cfg.model_type.demo_eval, model_type))
         described.append({"path": str(DEMO_DIR / cfg.model_type.demo_eval), "role": "eval", "rows": len(eval_set)})
     elif cfg.data.eval_fraction > 0 and len(train) >= 2:
-        split = train.train_test_split(test_size=max(1, round(len(train) * cfg.data.eval_fraction)), seed=cfg.seed)
+        held_out = min(max(1, round(len(train) * cfg.data.eval_fraction)), cfg.data.eval_max_examples)
+        split = train.train_test_split(test_size=held_out, seed=cfg.seed)
         train, eval_set = split["train"], split["test"]
+        if model_type != "multimodal":  # published with the adapter (eval_split.jsonl) for `qrtrain evaluate`
+            described.append({"path": "eval_split.jsonl", "role": "eval-split", "rows": len(eval_set),
+                              "fraction": cfg.data.eval_fraction, "seed": cfg.seed})
     else:
         eval_set = None
     if len(train) == 0:
         raise QrtrainError(f"no training examples left in {', '.join(map(str, paths))} after the evaluation split; "
                            "add data or set data.eval_fraction=0")
     return train, eval_set, described
+
+
+def prompt_format(rows: list[dict], model_type: str) -> str:
+    """How the examples were presented to the model: chat (the chat template), alpaca (the Alpaca prompt),
+    prompt-completion (the prompt as written), or text. Evaluation and packaging present prompts the same way."""
+    if model_type != "standard":
+        return "chat"
+    first = rows[0]
+    if "prompt" in first:
+        return "alpaca" if first["prompt"].startswith("### Instruction:\n") else "prompt-completion"
+    return "text"
 
 
 def check_eval_is_not_train(eval_path: Path, train_paths: list[Path]) -> None:
@@ -98,6 +114,8 @@ def check_token_lengths(train, tokenizer, max_length: int) -> dict:
 
 
 def hash_sources(sources: list[dict]) -> list[dict]:
-    """Each source with the sha256 of its file (or the root digest of a dataset folder)."""
-    return [dict(s, sha256=sha256_file(Path(s["path"])) if Path(s["path"]).is_file()
+    """Each source with the sha256 of its file (or the root digest of a dataset folder); the held-out split
+    is hashed when it is written into the version."""
+    return [s if s["role"] == "eval-split" else
+            dict(s, sha256=sha256_file(Path(s["path"])) if Path(s["path"]).is_file()
                  else build_manifest(Path(s["path"]))["root_digest"]) for s in sources]

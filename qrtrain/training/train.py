@@ -7,6 +7,7 @@ Fine-tuning is TRL's SFTTrainer with PEFT LoRA (QLoRA through bitsandbytes); `qr
 hands the command line to Hydra, which calls `train` once per job.
 """
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -112,7 +113,7 @@ def train(cfg, run_dir: Path) -> float:
 
         stop.publishing = True
         try:
-            version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest)
+            version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest, eval_set)
         except OSError as error:
             raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
                                "nothing was published and earlier versions are untouched; free space or choose "
@@ -133,11 +134,11 @@ def train(cfg, run_dir: Path) -> float:
 
 
 def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], base_folder: Path, device: str,
-            base_digest: str) -> Path:
+            base_digest: str, eval_set=None) -> Path:
     """Save the adapter, tokenizer, config, metrics, metadata and model card as the next version."""
     from omegaconf import OmegaConf
 
-    from qrtrain.artifacts.manifest import write_json
+    from qrtrain.artifacts.manifest import sha256_file, write_json
     from qrtrain.artifacts.provenance import base_model_reference, model_card, version_metadata
     from qrtrain.artifacts.versions import publish_version, staging_folder
     from qrtrain.training.extensions import describe as describe_extensions
@@ -150,6 +151,10 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
         (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
         write_json(staging / "training_metrics.json",
                    {"final": metrics, "history": [entry for entry in trainer.state.log_history]})
+        if any(source["role"] == "eval-split" for source in data_sources):  # the examples held out, as trained
+            split = staging / "eval_split.jsonl"
+            split.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in eval_set), encoding="utf-8")
+            data_sources = [dict(s, sha256=sha256_file(split)) if s["role"] == "eval-split" else s for s in data_sources]
         metadata = version_metadata(cfg, tokenizer, data_sources, base_folder, device, base_digest,
                                     describe_extensions(cfg))
         (staging / "README.md").write_text(model_card(cfg, metadata, metrics), encoding="utf-8")

@@ -102,3 +102,81 @@ def test_compare_writes_table_json_and_plot(artifact, tmp_path):
     markdown = (out / "comparison.md").read_text()
     assert "| keyword_accuracy |" in markdown and "fact-00" in markdown
     assert (out / "comparison.png").stat().st_size > 0
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+ALPACA = [{"instruction": f"Name fact number {i} about Veloria.", "input": "",
+           "output": f"Fact {i}: the harbour of Quillhaven opens at dawn and closes at dusk, every day of the year."}
+          for i in range(16)]
+
+
+def test_evaluate_takes_the_rows_train_takes(tmp_path):
+    """Alpaca and prompt/completion rows are evaluation items too: chat prompts for a chat adapter, the
+    Alpaca prompt or the prompt as written for one trained on prompts."""
+    rows = [ALPACA[0], {"prompt": "Capital of Veloria:", "completion": " Quillhaven"}]
+    path = write_rows(tmp_path / "q.jsonl", rows)
+    chat = load_items(path)
+    assert chat[0]["prompt"] == [{"role": "user", "content": ALPACA[0]["instruction"]}]
+    assert chat[0]["reference"] == ALPACA[0]["output"] and chat[1]["reference"] == " Quillhaven"
+    alpaca = load_items(path, "alpaca")
+    assert alpaca[0]["prompt"] == f"### Instruction:\n{ALPACA[0]['instruction']}\n\n### Response:\n"
+    assert load_items(path, "prompt-completion")[1]["prompt"] == "Capital of Veloria:"
+    question = write_rows(tmp_path / "x.jsonl", [{"question": "Capital?", "answer": "Quillhaven"}])
+    assert load_items(question, "alpaca")[0]["prompt"] == "### Instruction:\nCapital?\n\n### Response:\n"
+
+
+def test_an_adapter_trained_on_alpaca_is_evaluated_with_the_alpaca_prompt(tmp_path):
+    data = write_rows(tmp_path / "alpaca.jsonl", ALPACA)
+    root = tmp_path / "out"
+    assert invoke("train", "model=tiny", "model_type=standard", f"data.train={data}", "training.max_steps=2",
+                  f"artifact.root={root}", "artifact.name=s").exit_code == 0
+    version = root / "s" / "v1"
+    assert json.loads((version / "metadata.json").read_text())["datasets"][0]["format"] == "alpaca"
+    result = invoke("evaluate", version, f"evaluation.questions={data}", f"output_dir={tmp_path / 'r'}")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["prompt_format"] == "alpaca" and report["suite"] == "alpaca"  # labelled by its file, not "demo"
+    assert report["metrics"]["loss"]["mean"] is not None
+
+
+def test_the_held_out_split_is_published_and_evaluates_like_training(tmp_path):
+    """data.eval_fraction's examples travel in the version (eval_split.jsonl, hashed in metadata.json);
+    evaluating on them truncates as training did, so the two losses agree."""
+    conversations = [{"messages": [{"role": "user", "content": f"Tell me about harbour {i}."},
+                                   {"role": "assistant", "content": "The harbour of Quillhaven " * (3 + i % 5)}]}
+                     for i in range(20)]
+    data = write_rows(tmp_path / "chat.jsonl", conversations)
+    root = tmp_path / "out"
+    result = invoke("train", "model=tiny", f"data.train={data}", "data.eval_fraction=0.25", "training.max_steps=3",
+                    "training.max_length=40", "training.batch_size=8", f"artifact.root={root}", "artifact.name=h")
+    assert result.exit_code == 0, result.output
+    version = root / "h" / "v1"
+    split = version / "eval_split.jsonl"
+    assert len(split.read_text().splitlines()) == 5
+    entry = next(d for d in json.loads((version / "metadata.json").read_text())["datasets"] if d["role"] == "eval-split")
+    from qrtrain.artifacts.manifest import sha256_file
+
+    assert entry["rows"] == 5 and entry["sha256"] == sha256_file(split)
+    assert invoke("verify", version).exit_code == 0
+    result = invoke("evaluate", version, f"evaluation.questions={split}", f"output_dir={tmp_path / 'r'}")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    trained_loss = json.loads((version / "training_metrics.json").read_text())["final"]["eval_loss"]
+    assert report["suite"] == "eval_split"
+    assert report["metrics"]["loss"]["mean"] == pytest.approx(trained_loss, abs=2e-3)
+
+
+def test_an_alpaca_adapter_is_packaged_with_the_alpaca_prompt(tmp_path):
+    data = write_rows(tmp_path / "alpaca.jsonl", ALPACA)
+    root = tmp_path / "out"
+    assert invoke("train", "model=tiny", "model_type=standard", f"data.train={data}", "training.max_steps=1",
+                  f"artifact.root={root}", "artifact.name=s").exit_code == 0
+    result = invoke("package", root / "s" / "v1", "--format", "ollama", "--output", tmp_path / "ollama")
+    assert result.exit_code == 0, result.output
+    modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert 'TEMPLATE """### Instruction:\n{{ .Prompt }}\n\n### Response:\n"""' in modelfile
+    assert "<|im_start|>" not in modelfile.split("TEMPLATE")[1].split('"""')[1]
