@@ -48,7 +48,8 @@ def test_sources_mix_with_weights(tmp_path):
     b = write_jsonl(tmp_path / "b.jsonl", [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(10)])
     cfg = compose_cfg("model_type=standard", f"data.train=[{a},{b}]", "data.weights=[3,1]", "data.eval_fraction=0.2")
     train, eval_set, paths = load_datasets(cfg)
-    assert [s["path"] for s in paths] == [str(a), str(b)] and len(eval_set) >= 1
+    assert [s["path"] for s in paths if s["role"] == "train"] == [str(a), str(b)] and len(eval_set) >= 1
+    assert [s["rows"] for s in paths if s["role"] == "eval-split"] == [len(eval_set)]
     completions = [r["completion"] for r in train] + [r["completion"] for r in eval_set]
     assert sum(c.startswith("a") for c in completions) > sum(c.startswith("c") for c in completions)
 
