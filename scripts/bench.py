@@ -281,9 +281,13 @@ def defaults_note(f: dict, runs: dict) -> str:
   the padding it removes: packed/padded measured {f['packed_over_padded']:.2f}x. The 1.5x target assumes data
   with widely varying lengths; turn packing on for such data (`training.packing=true`): it removes the
   padding (efficiency {f['padding_efficiency_packed']:.2f} here) without changing the loss.
-- `training.gradient_checkpointing=false` (TRL's default is true): it ran at
+- `training.gradient_checkpointing=auto` is off on CPU (TRL's default is on): checkpointing ran at
   {f['grad_ckpt_over_none_tokens_per_s']:.2f}x the speed with {f['grad_ckpt_over_none_peak_rss']:.2f}x the
-  peak memory; a 135M model does not need the memory. Turn it on when memory, not time, is the limit.
+  peak memory; a 135M model does not need the memory. Turn it on when memory, not time, is the limit. On a
+  GPU, auto checkpoints the fewest layers that fit the memory (README, Training on a GPU).
+- `training.padding_free=auto` is off on CPU: padded SDPA batches; padding-free rows need the CUDA varlen
+  kernel to pay (on CPU one long row with a block-diagonal mask costs more attention than the padding it
+  removes, as packing shows above). Both sides here use LoRA dropout 0 (qrtrain's default, PEFT's default).
 - `quantization=none`: nf4 (fp32 compute) ran at {f['nf4_over_fp32_tokens_per_s']:.2f}x the tokens/s of fp32
   with {runs['nf4']['peak_rss_mb']['median'] / runs['fp32']['peak_rss_mb']['median']:.2f}x the peak memory, so it is
   worth taking on CPU when memory or speed matter. The default stays full precision because an adapter
@@ -303,8 +307,7 @@ def defaults_note(f: dict, runs: dict) -> str:
 - `packed_over_padded`: see packing above.
 - `qrtrain_over_plain_trl` is counted as met within 3% of 1.0: single runs here vary by more than that.
 
-No GPU was lent to this task, so the GPU benchmark (a randomly initialised ~0.5B model of the same
-architecture, LoRA and QLoRA, `use_liger_kernel`, packing) was not run.
+The GPU benchmark is `make bench-gpu` (`scripts/bench_gpu.py`): its section follows, written on a CUDA machine.
 """
 
 
