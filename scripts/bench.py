@@ -222,8 +222,9 @@ def main() -> None:
               "python_pass_s": pass_time, "runs": results, "figures": figures}
     path = ROOT / "BENCHMARKS.md"
     previous = path.read_text(encoding="utf-8") if path.exists() else ""
-    gpu = previous[previous.find("<!-- bench-gpu -->"):] if "<!-- bench-gpu -->" in previous else ""
-    path.write_text(markdown(report) + ("\n" + gpu if gpu else ""), encoding="utf-8")  # keep make bench-gpu's section
+    kept = [previous.find(m) for m in ("<!-- bench-data -->", "<!-- bench-gpu -->") if m in previous]
+    others = previous[min(kept):] if kept else ""  # the sections scripts/bench_data.py and bench_gpu.py write
+    path.write_text(markdown(report) + ("\n" + others if others else ""), encoding="utf-8")
     print(json.dumps(report))
 
 

@@ -82,25 +82,27 @@ def check_eval_is_not_train(eval_path: Path, train_paths: list[Path]) -> None:
                                "data.eval null to hold out data.eval_fraction of the training data")
 
 
-def token_report(dataset, tokenizer, max_length: int) -> dict:
-    """Count examples longer than max_length and those whose loss tokens all lie beyond it; every token length."""
+def token_report(dataset, tokenizer, max_length: int, chunk: int = 1000) -> dict:
+    """Count examples longer than max_length and those whose loss tokens all lie beyond it; every token length.
+    Tokenized a chunk of rows per call (the tokenizer's batch path), as TRL will tokenize them."""
     truncated = no_loss = 0
     lengths = []
-    for row in dataset:
-        if "messages" in row:
-            encoded = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
+    for start in range(0, len(dataset), chunk):
+        rows = dataset[start:start + chunk]  # columns of this chunk
+        if "messages" in rows:
+            encoded = tokenizer.apply_chat_template(rows["messages"], tokenize=True, return_dict=True,
                                                     return_assistant_tokens_mask=True)
-            ids, mask = encoded["input_ids"], encoded["assistant_masks"]
-        elif "prompt" in row:
-            prompt = tokenizer(row["prompt"])["input_ids"]
-            ids = tokenizer(row["prompt"] + row["completion"])["input_ids"]
-            mask = [0] * len(prompt) + [1] * (len(ids) - len(prompt))
+            pairs = zip(encoded["input_ids"], encoded["assistant_masks"])
+        elif "prompt" in rows:
+            prompts = tokenizer(rows["prompt"])["input_ids"]
+            full = tokenizer([p + c for p, c in zip(rows["prompt"], rows["completion"])])["input_ids"]
+            pairs = ((ids, [0] * len(p) + [1] * (len(ids) - len(p))) for p, ids in zip(prompts, full))
         else:
-            ids = tokenizer(row["text"])["input_ids"]
-            mask = [1] * len(ids)
-        lengths.append(len(ids))
-        truncated += len(ids) > max_length
-        no_loss += sum(mask[1:max_length]) == 0  # the first token is never predicted
+            pairs = ((ids, [1] * len(ids)) for ids in tokenizer(rows["text"])["input_ids"])
+        for ids, mask in pairs:
+            lengths.append(len(ids))
+            truncated += len(ids) > max_length
+            no_loss += sum(mask[1:max_length]) == 0  # the first token is never predicted
     return {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss, "lengths": lengths}
 
 

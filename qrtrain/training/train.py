@@ -24,31 +24,35 @@ def train(cfg, run_dir: Path) -> float:
 
     check_config(cfg)
     check_writable(Path(cfg.artifact.root))
-    train_set, eval_set, data_sources = load_datasets(cfg)
-    data_sources = hash_sources(data_sources)
-
     quiet_libraries()
     from transformers import set_seed
 
     from qrtrain.models.loading import compute_dtype, load_model, load_tokenizer, model_folder, resolve_device
-    from qrtrain.training import checkpoints
+    from qrtrain.training import checkpoints, data_cache
+
+    folder = model_folder(cfg.model)
+    tokenizer = load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
+    data_key = data_cache.cache_key(cfg, tokenizer)
+    cached = data_cache.load(data_key)  # the same data, tokenizer and settings prepared before: no re-reading
+    if cached is None:
+        train_set, eval_set, data_sources = load_datasets(cfg)
+        data_sources = hash_sources(data_sources)
+        report = None if cfg.model_type.name == "multimodal" else check_token_lengths(train_set, tokenizer,
+                                                                                      cfg.training.max_length)
+        held_out = eval_set
+    else:
+        train_set, eval_set, data_sources, report, held_out = cached
+    evaluated = len(eval_set) if eval_set is not None else 0
+    if report is None:  # multimodal: image tokens are counted by the processor, on the fly
+        say(f"data: {len(train_set)} training examples with images, {evaluated} evaluation examples")
+    else:
+        say(f"data: {report['examples']} training examples ({report['truncated']} truncated to {cfg.training.max_length} "
+            f"tokens, {report['all_loss_tokens_cut']} dropped: no loss token left), {evaluated} evaluation examples"
+            + (" (prepared before: from the data cache)" if cached else ""))
 
     result_config = checkpoints.result_config(cfg, data_sources)
     checkpoint_dir, checkpoint_lock = checkpoints.claim_folder(checkpoints.checkpoints_folder(cfg, result_config))
     resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
-
-    folder = model_folder(cfg.model)
-    tokenizer = load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
-    token_lengths = None  # multimodal: image tokens are counted by the processor, on the fly
-    if cfg.model_type.name == "multimodal":
-        say(f"data: {len(train_set)} training examples with images, "
-            f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
-    else:
-        lengths = check_token_lengths(train_set, tokenizer, cfg.training.max_length)
-        token_lengths = lengths["lengths"]
-        say(f"data: {len(train_set)} training examples ({lengths['truncated']} truncated to {cfg.training.max_length} "
-            f"tokens, {lengths['all_loss_tokens_cut']} dropped: no loss token left), "
-            f"{len(eval_set) if eval_set is not None else 0} evaluation examples")
 
     from qrtrain.training.attention import choose_attention
     from qrtrain.training.memory import apply_checkpointing, plan_for_run
@@ -56,7 +60,7 @@ def train(cfg, run_dir: Path) -> float:
     device = resolve_device(cfg.training.device)
     dtype = compute_dtype(cfg.training.dtype, device)
     padding_free, attention = choose_attention(cfg.training.padding_free, cfg.model_type.name, device, dtype)
-    plan = plan_for_run(cfg, folder, token_lengths, device, dtype, padding_free)  # fails here if it cannot fit
+    plan = plan_for_run(cfg, folder, report and report["lengths"], device, dtype, padding_free)  # fails here if it cannot fit
     if device == "cuda" or plan.checkpointed_layers:
         say(plan.line())
     set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
@@ -86,7 +90,9 @@ def train(cfg, run_dir: Path) -> float:
 
     trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype,
                             checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop,
-                            extensions=extensions, padding_free=padding_free)
+                            extensions=extensions, padding_free=padding_free, prepared=cached is not None)
+    if cached is None:
+        data_cache.save(data_key, trainer, data_sources, report, held_out)
     if resume_from is not None:
         load_states(extensions, resume_from, str(next(model.parameters()).device))
         say(f"resuming from step {resume_from.name.split('-')[1]} ({resume_from})")
@@ -113,7 +119,7 @@ def train(cfg, run_dir: Path) -> float:
 
         stop.publishing = True
         try:
-            version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest, eval_set)
+            version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest, held_out)
         except OSError as error:
             raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
                                "nothing was published and earlier versions are untouched; free space or choose "

@@ -57,7 +57,7 @@ class SFTTrainerWithoutStepSyncs(SFTTrainer):
 
 def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype,
                   checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None,
-                  extensions: dict | None = None, padding_free: bool = False):
+                  extensions: dict | None = None, padding_free: bool = False, prepared: bool = False):
     from transformers import PrinterCallback
     from trl import SFTConfig
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -105,7 +105,8 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         save_steps=cfg.checkpoint.every_steps if saving else None,
         report_to="none",
         disable_tqdm=True,
-        dataset_num_proc=None,
+        dataset_num_proc=data_processes(len(train_set)),
+        dataset_kwargs={"skip_prepare_dataset": True} if prepared else None,  # from qrtrain's data cache
     )
     collator = None
     if padding_free:
@@ -136,3 +137,10 @@ def use_liger_kernel(setting, device: str) -> bool:
         raise QrtrainError("training.liger_kernel=true needs a CUDA device and `pip install liger-kernel`; "
                            "use training.liger_kernel=auto to use it only where it can run")
     return bool(setting) and installed and device == "cuda"
+
+
+def data_processes(rows: int) -> int | None:
+    """Worker processes for TRL's tokenizing: one per core for large sets, none for small (start-up costs more)."""
+    import os
+
+    return min(os.cpu_count() or 1, 8) if rows >= 20_000 else None
