@@ -1,5 +1,6 @@
-"""The training story, top to bottom: check config -> load and check data -> load tokenizer
-and model -> add LoRA -> build trainer -> train -> evaluate -> check the base is untouched -> publish.
+"""The training story, top to bottom: check config -> tokenizer -> load and check data (or take it
+prepared from the data cache) -> plan memory -> load the model -> add LoRA -> build trainer -> train ->
+evaluate -> check the base is untouched -> publish.
 
     qrtrain train model=tiny training.max_steps=5
 
