@@ -84,12 +84,9 @@ def check_eval_is_not_train(eval_path: Path, train_paths: list[Path]) -> None:
 
 def token_report(dataset, tokenizer, max_length: int, chunk: int = 1000) -> dict:
     """Count examples longer than max_length and those whose loss tokens all lie beyond it; every token length.
-    Tokenized a chunk of rows per call (the tokenizer's batch path), as TRL tokenizes them. Conversations keep
-    their tokens (`tokenized`: input_ids and assistant_masks, TRL's own columns), so that TRL need not
-    tokenize them again."""
+    Tokenized a chunk of rows per call (the tokenizer's batch path), as TRL will tokenize them."""
     truncated = no_loss = 0
     lengths = []
-    tokenized = {"input_ids": [], "assistant_masks": []} if "messages" in dataset.column_names else None
     for start in range(0, len(dataset), chunk):
         rows = dataset[start:start + chunk]  # columns of this chunk
         if "messages" in rows:
@@ -103,14 +100,10 @@ def token_report(dataset, tokenizer, max_length: int, chunk: int = 1000) -> dict
         else:
             pairs = ((ids, [1] * len(ids)) for ids in tokenizer(rows["text"])["input_ids"])
         for ids, mask in pairs:
-            if tokenized is not None:
-                tokenized["input_ids"].append(ids)
-                tokenized["assistant_masks"].append(mask)
             lengths.append(len(ids))
             truncated += len(ids) > max_length
             no_loss += sum(mask[1:max_length]) == 0  # the first token is never predicted
-    report = {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss, "lengths": lengths}
-    return {**report, "tokenized": tokenized} if tokenized is not None else report
+    return {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss, "lengths": lengths}
 
 
 def check_token_lengths(train, tokenizer, max_length: int) -> dict:

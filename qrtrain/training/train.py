@@ -41,9 +41,6 @@ def train(cfg, run_dir: Path) -> float:
         report = None if cfg.model_type.name == "multimodal" else check_token_lengths(train_set, tokenizer,
                                                                                       cfg.training.max_length)
         held_out = eval_set
-        if report is not None and report.get("tokenized"):  # conversations: TRL takes the tokens made for the check
-            for column, values in report.pop("tokenized").items():
-                train_set = train_set.add_column(column, values)
     else:
         train_set, eval_set, data_sources, report, held_out = cached
     evaluated = len(eval_set) if eval_set is not None else 0

@@ -84,27 +84,3 @@ def test_logged_metrics_equal_trl_without_step_syncs(tmp_path, monkeypatch):
     for a, b in zip(ours, theirs):
         for key in ("loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
-
-
-def test_conversations_tokenized_for_the_check_are_what_trl_would_make(tmp_path):
-    """qrtrain hands TRL the tokens its length check made; TRL's prepared data (input_ids, labels, after
-    truncation) is the same as when TRL tokenizes the conversations itself."""
-    from qrtrain.models.loading import load_tokenizer, model_folder
-    from qrtrain.training.datasets import check_token_lengths, load_datasets
-    from qrtrain.training.trainer import build_trainer
-    from tests.conftest import compose_cfg
-
-    cfg = compose_cfg("training.max_length=48", "training.max_steps=1", "data.eval_fraction=0")
-    train_set, _, _ = load_datasets(cfg)
-    tokenizer = load_tokenizer(model_folder(cfg.model), "dialogue")
-    report = check_token_lengths(train_set, tokenizer, 48)
-    assert report["truncated"] > 0
-    prepared = []
-    tokenized = train_set.add_column("input_ids", report["tokenized"]["input_ids"]).add_column(
-        "assistant_masks", report["tokenized"]["assistant_masks"])
-    for data in (train_set, tokenized):
-        _, model, _ = build(tmp_path / str(len(prepared)), "training.max_steps=1")
-        trainer = build_trainer(cfg, model, tokenizer, data, None, tmp_path / f"run{len(prepared)}", "cpu",
-                                torch.float32)
-        prepared.append({k: trainer.train_dataset[k] for k in ("input_ids", "labels")})
-    assert prepared[0] == prepared[1]
