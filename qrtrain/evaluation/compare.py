@@ -123,9 +123,8 @@ def _base_folder(cfg, adapters: list[Path]) -> Path:
     if cfg.model.get("path"):
         return Path(cfg.model.path)
     if adapters:
-        from qrtrain.evaluation.evaluate import base_folder_for
-
         from qrtrain.artifacts.resolve import locate_base
+        from qrtrain.evaluation.evaluate import base_folder_for
 
         return base_folder_for(cfg, locate_base(json.loads((adapters[0] / "metadata.json").read_text())))
     from qrtrain.models.loading import model_folder
