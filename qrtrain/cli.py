@@ -12,6 +12,7 @@ import typer
 
 from qrtrain import __version__
 from qrtrain.errors import QrtrainError
+from qrtrain.events import emit
 from qrtrain.terminal import report_error
 
 app = typer.Typer(
@@ -63,10 +64,12 @@ def evaluate(
     """Measure loss, perplexity and answer quality on an evaluation suite. Extra args: key=value overrides."""
     from qrtrain.evaluation.evaluate import evaluate as run_evaluation
 
+    emit("evaluating", verb="evaluate", target=str(target))
     try:
-        run_evaluation(target, list(ctx.args))
+        folder = run_evaluation(target, list(ctx.args))
     except QrtrainError as error:
         fail(error)
+    emit("done", report=str(folder))
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -74,10 +77,12 @@ def compare(ctx: typer.Context) -> None:
     """Base vs retrieval vs adapters on the same questions, with confidence intervals. Args: key=value overrides."""
     from qrtrain.evaluation.compare import compare as run_comparison
 
+    emit("evaluating", verb="compare")
     try:
-        run_comparison(list(ctx.args))
+        folder = run_comparison(list(ctx.args))
     except QrtrainError as error:
         fail(error)
+    emit("done", report=str(folder))
 
 
 @app.command("package")
@@ -90,10 +95,12 @@ def package_artifact(
     """Package a verified version: a bundle, a Hub folder, a merged model or an Ollama adapter."""
     from qrtrain.artifacts.package import package
 
+    emit("packaging", target=str(target), format=fmt)
     try:
         out = package(target, fmt, output, base)
     except QrtrainError as error:
         fail(error)
+    emit("done", output=str(out))
     typer.echo(str(out))
 
 
@@ -141,12 +148,30 @@ def list_artifacts(
         fail(error)
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address; any but localhost requires an API token."),
+    port: int = typer.Option(8765, "--port"),
+    root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root; the service's state lives in ROOT/.service."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Jobs run at once; the rest wait in order."),
+    data_root: list[Path] = typer.Option(None, "--data-root", help="Where request paths may point (repeatable; default: the current folder)."),
+) -> None:
+    """Run the training service: job API, live events, the registry over HTTP and a dashboard at /."""
+    from qrtrain.service.serve import serve as run_service
+
+    try:
+        run_service(host, port, root, workers, data_root or [Path.cwd()])
+    except QrtrainError as error:
+        fail(error)
+
+
 def fail(error: QrtrainError) -> None:
     """Report a QrtrainError and exit with its code (the traceback too, with --debug)."""
     if os.environ.get("QRTRAIN_DEBUG"):
         import traceback
 
         traceback.print_exception(error)
+    emit("failed", message=error.message, exit_code=error.exit_code)
     report_error(error)
     raise typer.Exit(error.exit_code)
 

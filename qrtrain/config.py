@@ -68,7 +68,7 @@ def check_config(cfg) -> None:
     need("training.dtype", t.dtype in ("auto", "float32", "bfloat16", "float16"), "one of auto, float32, bfloat16, float16")
     need("training.device", t.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
     need("training.packing", isinstance(t.packing, bool), "true or false")
-    for key in ("gradient_checkpointing", "padding_free", "liger_kernel"):
+    for key in ("gradient_checkpointing", "padding_free", "liger_kernel", "release_freed_memory"):
         need(f"training.{key}", isinstance(t[key], bool) or t[key] == "auto", "auto, true or false")
     need("training.memory_budget_gib", t.memory_budget_gib is None
          or (_is_number(t.memory_budget_gib) and t.memory_budget_gib > 0), "null or a number of GiB above 0")

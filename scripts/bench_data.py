@@ -57,6 +57,7 @@ def run(overrides: list[str], cache: Path, work: Path) -> dict:
     record = json.loads(out.read_text())
     return {"first_step_s": round(record["step_ends"][0] - started, 1), "total_s": round(time.time() - started, 1),
             "peak_rss_gb": round(record["max_rss_mb"] / 1024, 2),
+            "step_s": round((record["step_ends"][-1] - record["step_ends"][0]) / max(len(record["step_ends"]) - 1, 1), 1),
             "data_line": next((line for line in result.stderr.splitlines() if "qrtrain: data:" in line), "")}
 
 
@@ -76,6 +77,8 @@ def main() -> None:
         alpaca = [f"data.train={work / 'alpaca.jsonl'}", "training.max_steps=4", "training.max_length=512",
                   "data.eval_fraction=0"]
         settings = {"standard, batch 8": ["model_type=standard", "training.batch_size=8"],
+                    "standard, batch 8, release_freed_memory=false": ["model_type=standard", "training.batch_size=8",
+                                                                      "training.release_freed_memory=false"],
                     "dialogue, batch 8": ["model_type=dialogue", "training.batch_size=8"],
                     "standard, batch 8, gradient checkpointing": ["model_type=standard", "training.batch_size=8",
                                                                   "training.gradient_checkpointing=true"],
@@ -99,14 +102,20 @@ The held-out split is capped at `data.eval_max_examples` (1,000): `{first['data_
 Peak memory (process peak RSS) training the default model (float32 on CPU) on 400 long Alpaca examples, every
 one cut to `max_length` 512, 4 steps:
 
-| setting | peak RSS | time to first step |
-| --- | --- | --- |
-""" + "".join(f"| {name} | {m['peak_rss_gb']} GB | {m['first_step_s']} s |\n" for name, m in memory.items()) + """
-TRL 1.16 computes the loss with a chunked LM head, so no full-vocabulary logits are held, and LoRA dropout 0
-keeps no dropped-out copies of the inputs; what remains at batch 8 is activation memory for 4,096 float32
-tokens per step (the estimate in qrtrain/training/memory.py puts the decoder layers' share at ~4.9 GB) plus
-the allocator's high-water mark. Gradient checkpointing or a smaller batch with accumulation (the same
-optimizer batch) are the levers.
+| setting | peak RSS | time to first step | seconds per later step |
+| --- | --- | --- | --- |
+""" + "".join(f"| {name} | {m['peak_rss_gb']} GB | {m['first_step_s']} s | {m['step_s']} s |\n"
+              for name, m in memory.items()) + """
+Where it goes: the tensors saved for backward at batch 8 x 512 are 5.2 GB (measured with
+`torch.autograd.graph.saved_tensors_hooks`; the estimate in qrtrain/training/memory.py says 5.1 GB), mostly
+the MLP's 1,536-wide intermediates. TRL 1.16 computes the loss with a chunked LM head, so no full-vocabulary
+logits are kept, and LoRA dropout 0 keeps no dropped-out copies of the inputs. The rest was glibc's heap:
+after the first large free its mmap threshold rises to 32 MiB, so every activation tensor is carved from a
+heap that fragments and never shrinks. `training.release_freed_memory` (auto: on for CPU steps of 2+ GiB of
+activations) fixes the threshold at 1 MiB, so freed tensors go back to the system; the page faults of fresh
+mappings would cost 25% of the step time, and transparent huge pages for PyTorch's CPU tensors
+(`THP_MEM_ALLOC_ENABLE`, set by every training run) take that back. Gradient checkpointing or a smaller batch with accumulation (the same
+optimizer batch) lower it further.
 <!-- /bench-data -->
 """
     path = ROOT / "BENCHMARKS.md"

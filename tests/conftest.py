@@ -36,6 +36,16 @@ def log_to_real_stderr():
     yield
 
 
+@pytest.fixture(autouse=True)
+def events_go_nowhere():
+    """qrtrain.events keeps the files of the run in this process: in-process CLI runs must not inherit them."""
+    from qrtrain import events
+
+    events._paths.clear()
+    yield
+    events._paths.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):
     """Tests build the tiny model into their own cache; the default model keeps the user's cache."""

@@ -18,11 +18,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qrtrain"
 # Lowest first. An area is a module or a folder of the package.
 LAYERS = [
     ["qrtrain", "qrtrain.errors"],
-    ["qrtrain.config", "qrtrain.terminal"],
+    ["qrtrain.config", "qrtrain.terminal", "qrtrain.events"],
     ["qrtrain.data"],
     ["qrtrain.models"],
     ["qrtrain.artifacts"],
     ["qrtrain.training", "qrtrain.evaluation"],
+    ["qrtrain.service"],
     ["qrtrain.cli"],
     ["qrtrain.__main__"],
 ]

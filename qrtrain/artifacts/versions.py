@@ -122,3 +122,31 @@ def check_writable(root: Path) -> None:
     except OSError as error:
         raise QrtrainError(f"artifact.root={root} is not writable ({error.strerror}); choose another "
                            "artifact.root or fix its permissions") from None
+
+
+def delete_version(name_dir: Path, version: str, force: bool = False) -> str | None:
+    """Remove one version (renamed aside under the publishing lock, then deleted). The version `latest`
+    names is refused unless forced; then `latest` moves to the newest remaining version (or goes).
+    Returns what `latest` names afterwards."""
+    with open(name_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folder = name_dir / version
+        if not VERSION_RE.fullmatch(version) or folder.is_symlink() or not folder.is_dir():
+            raise QrtrainError(f"{folder}: no such version (see `qrtrain list`)")
+        _, current = latest_problem(name_dir)
+        if current == version and not force:
+            raise QrtrainError(f"{folder} is the version `latest` names; delete it with force, and `latest` will "
+                               "name the newest version left")
+        aside = Path(tempfile.mkdtemp(prefix=f".deleting-{version}-", dir=name_dir))
+        os.rename(folder, aside / version)
+        remaining = [f"v{n}" for n in versions(name_dir)]
+        if current == version:
+            if remaining:
+                _write_latest(name_dir, remaining[-1])
+            else:
+                (name_dir / LATEST_NAME).unlink(missing_ok=True)
+        fsync_dir(name_dir)
+    shutil.rmtree(aside, ignore_errors=True)
+    if current != version:
+        return current
+    return remaining[-1] if remaining else None

@@ -262,8 +262,12 @@ def report_interrupt(where: str, code: int) -> None:
     """Say how to resume after SIGINT/SIGTERM and exit 130/143."""
     from qrtrain.terminal import report_error
 
+    from qrtrain.events import emit
+
     overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
-    report_error(QrtrainError(f"interrupted: {where}; resume with: qrtrain train {' '.join(overrides)}".rstrip()))
+    message = f"interrupted: {where}; resume with: qrtrain train {' '.join(overrides)}".rstrip()
+    emit("interrupted", message=message, exit_code=code)
+    report_error(QrtrainError(message))
     sys.exit(code)
 
 

@@ -84,26 +84,51 @@ def check_eval_is_not_train(eval_path: Path, train_paths: list[Path]) -> None:
 
 def token_report(dataset, tokenizer, max_length: int, chunk: int = 1000) -> dict:
     """Count examples longer than max_length and those whose loss tokens all lie beyond it; every token length.
-    Tokenized a chunk of rows per call (the tokenizer's batch path), as TRL will tokenize them."""
-    truncated = no_loss = 0
-    lengths = []
-    for start in range(0, len(dataset), chunk):
-        rows = dataset[start:start + chunk]  # columns of this chunk
-        if "messages" in rows:
-            encoded = tokenizer.apply_chat_template(rows["messages"], tokenize=True, return_dict=True,
-                                                    return_assistant_tokens_mask=True)
-            pairs = zip(encoded["input_ids"], encoded["assistant_masks"])
-        elif "prompt" in rows:
-            prompts = tokenizer(rows["prompt"])["input_ids"]
-            full = tokenizer([p + c for p, c in zip(rows["prompt"], rows["completion"])])["input_ids"]
-            pairs = ((ids, [0] * len(p) + [1] * (len(ids) - len(p))) for p, ids in zip(prompts, full))
-        else:
-            pairs = ((ids, [1] * len(ids)) for ids in tokenizer(rows["text"])["input_ids"])
-        for ids, mask in pairs:
-            lengths.append(len(ids))
-            truncated += len(ids) > max_length
-            no_loss += sum(mask[1:max_length]) == 0  # the first token is never predicted
-    return {"examples": len(dataset), "truncated": truncated, "all_loss_tokens_cut": no_loss, "lengths": lengths}
+    Tokenized a chunk of rows per call (the tokenizer's batch path), as TRL will tokenize them; large sets in
+    one process per core (the processes TRL's own tokenizing uses), keeping only two numbers per row."""
+    from functools import partial
+
+    measure = partial(chunk_lengths, tokenizer=tokenizer, max_length=max_length)
+    processes = data_processes(len(dataset))
+    if processes:
+        measured = dataset.map(measure, batched=True, batch_size=chunk, num_proc=processes,
+                               remove_columns=dataset.column_names, desc="checking token lengths")
+        lengths, no_loss = measured["length"], measured["no_loss"]
+    else:
+        lengths, no_loss = [], []
+        for start in range(0, len(dataset), chunk):
+            part = measure(dataset[start:start + chunk])
+            lengths += part["length"]
+            no_loss += part["no_loss"]
+    return {"examples": len(dataset), "truncated": sum(n > max_length for n in lengths),
+            "all_loss_tokens_cut": sum(no_loss), "lengths": lengths}
+
+
+def data_processes(rows: int) -> int | None:
+    """Worker processes for TRL's tokenizing: one per core for large sets, none for small (start-up costs more)."""
+    import os
+
+    return min(os.cpu_count() or 1, 8) if rows >= 20_000 else None
+
+
+def chunk_lengths(rows: dict, tokenizer, max_length: int) -> dict:
+    """{length, no_loss} per row of a chunk (columns): its token count, and whether max_length cuts every
+    loss token (the first token is never predicted)."""
+    if "messages" in rows:
+        encoded = tokenizer.apply_chat_template(rows["messages"], tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+        pairs = zip(encoded["input_ids"], encoded["assistant_masks"])
+    elif "prompt" in rows:
+        prompts = tokenizer(rows["prompt"])["input_ids"]
+        full = tokenizer([p + c for p, c in zip(rows["prompt"], rows["completion"])])["input_ids"]
+        pairs = ((ids, [0] * len(p) + [1] * (len(ids) - len(p))) for p, ids in zip(prompts, full))
+    else:
+        pairs = ((ids, [1] * len(ids)) for ids in tokenizer(rows["text"])["input_ids"])
+    lengths, no_loss = [], []
+    for ids, mask in pairs:
+        lengths.append(len(ids))
+        no_loss.append(sum(mask[1:max_length]) == 0)
+    return {"length": lengths, "no_loss": no_loss}
 
 
 def check_token_lengths(train, tokenizer, max_length: int) -> dict:

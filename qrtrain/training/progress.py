@@ -1,4 +1,4 @@
-"""Training progress for people (a rich progress bar) and for files (metrics.jsonl, TensorBoard).
+"""Training progress for people (a rich progress bar) and for files (metrics.jsonl, events.jsonl, TensorBoard).
 
     qrtrain train model=tiny training.max_steps=20 training.logging_steps=2
     tensorboard --logdir outputs/.runs
@@ -61,6 +61,41 @@ class RichProgress(TrainerCallback):
             self.progress.update(self.task, completed=state.global_step)
             self.progress.stop()
             self.progress = None
+
+
+class ProgressEvents(TrainerCallback):
+    """A `training` event per optimizer step (qrtrain.events): step, total_steps, eta_s, and the loss,
+    learning rate and tokens per second of the latest log."""
+
+    def __init__(self):
+        self.started = None  # (time, step) when this process began training: resumed runs count from there
+        self.latest = {}
+        self.last_log = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = (time.perf_counter(), state.global_step)
+        self.last_log = (time.perf_counter(), 0)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        now, tokens = time.perf_counter(), logs.get("num_tokens", 0)
+        rate = (tokens - self.last_log[1]) / max(now - self.last_log[0], 1e-9) if tokens else None
+        self.last_log = (now, tokens)
+        self.latest = {"loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+                       "tokens_per_s": round(rate, 1) if rate is not None else None}
+        self.on_step_end(args, state, control)  # the fresh loss, at the step it belongs to
+
+    def on_step_end(self, args, state, control, **kwargs):
+        from qrtrain.events import emit
+
+        if not state.is_world_process_zero:
+            return
+        began, first = self.started
+        done = state.global_step - first
+        eta = (time.perf_counter() - began) / done * (state.max_steps - state.global_step) if done else None
+        emit("training", step=state.global_step, total_steps=state.max_steps,
+             eta_s=round(eta, 1) if eta is not None else None, **self.latest)
 
 
 class MetricsFile(TrainerCallback):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qrtrain.artifacts.versions import check_writable
 from qrtrain.errors import QrtrainError
+from qrtrain.events import emit
 
 _task_started = False
 
@@ -102,15 +103,20 @@ def hydra_task(cfg) -> float:
     except QrtrainError as error:
         if os.environ.get("QRTRAIN_DEBUG"):
             traceback.print_exc()
+        emit("failed", message=error.message, exit_code=error.exit_code)
         report_error(error)
         sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        emit("interrupted", message="interrupted (SIGINT) before training started", exit_code=130)
+        raise
     except Exception as error:  # a crash, not bad input: say so, traceback only with --debug
         if os.environ.get("QRTRAIN_DEBUG"):
             raise
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            report_error(QrtrainError(f"the disk is full ({error.filename or 'while writing'}): nothing was published "
-                                      "and complete checkpoints are kept; free space, then run the same command "
-                                      "to resume"))
-            sys.exit(1)
-        report_error(QrtrainError(f"training failed: {type(error).__name__}: {error} (rerun with --debug for the traceback)"))
+            message = (f"the disk is full ({error.filename or 'while writing'}): nothing was published and complete "
+                       "checkpoints are kept; free space, then run the same command to resume")
+        else:
+            message = f"training failed: {type(error).__name__}: {error} (rerun with --debug for the traceback)"
+        emit("failed", message=message, exit_code=1)
+        report_error(QrtrainError(message))
         sys.exit(1)

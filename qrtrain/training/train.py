@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qrtrain.artifacts.versions import check_writable
 from qrtrain.errors import QrtrainError
+from qrtrain.events import emit, write_events_to
 from qrtrain.terminal import quiet_libraries, say
 
 
@@ -23,6 +24,11 @@ def train(cfg, run_dir: Path) -> float:
     from qrtrain.config import check_config
     from qrtrain.training.datasets import check_token_lengths, hash_sources, load_datasets
 
+    from qrtrain.training.memory import prefer_huge_pages
+
+    prefer_huge_pages()  # before the first tensor
+    write_events_to(run_dir / "events.jsonl")
+    emit("validating_data")
     check_config(cfg)
     check_writable(Path(cfg.artifact.root))
     quiet_libraries()
@@ -56,7 +62,7 @@ def train(cfg, run_dir: Path) -> float:
     resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
 
     from qrtrain.training.attention import choose_attention
-    from qrtrain.training.memory import apply_checkpointing, plan_for_run
+    from qrtrain.training.memory import apply_checkpointing, plan_for_run, release_freed_memory
 
     device = resolve_device(cfg.training.device)
     dtype = compute_dtype(cfg.training.dtype, device)
@@ -64,7 +70,9 @@ def train(cfg, run_dir: Path) -> float:
     plan = plan_for_run(cfg, folder, report and report["lengths"], device, dtype, padding_free)  # fails here if it cannot fit
     if device == "cuda" or plan.checkpointed_layers:
         say(plan.line())
+    release_freed_memory(cfg.training.release_freed_memory, device, plan.parts["activations"])
     set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
+    emit("loading_model", model=folder.name, device=device)
     model = load_model(folder, cfg, device, dtype, attention)
 
     from qrtrain.training.lora import (
@@ -109,6 +117,7 @@ def train(cfg, run_dir: Path) -> float:
                    "global_step": trainer.state.global_step,
                    "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)}
         if eval_set is not None:
+            emit("evaluating", step=trainer.state.global_step)
             metrics.update(trainer.evaluate())
 
         if frozen_digest(model) != base_digest:
@@ -119,6 +128,7 @@ def train(cfg, run_dir: Path) -> float:
             checkpoints.report_interrupt("after training, before publishing; nothing was published", stop.exit_code)
 
         stop.publishing = True
+        emit("publishing")
         try:
             version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest, held_out)
         except OSError as error:
@@ -135,6 +145,8 @@ def train(cfg, run_dir: Path) -> float:
     if stop.received is not None:
         say(f"a signal ({checkpoints.signal_name(stop.received)}) arrived while publishing: the version was completed "
             "first, and it is whole")
+    emit("done", version=str(version), train_loss=metrics["train_loss"], eval_loss=metrics.get("eval_loss"),
+         global_step=metrics["global_step"])
     say(f"published {version}; check it with: qrtrain verify {version}")
     print(version)
     return float(metrics.get("eval_loss", metrics["train_loss"]))

@@ -63,7 +63,8 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from qrtrain.training.checkpoints import PARTIAL, AtomicCheckpoints
-    from qrtrain.training.progress import MetricsFile, RichProgress, tensorboard_callback
+    from qrtrain.training.datasets import data_processes
+    from qrtrain.training.progress import MetricsFile, ProgressEvents, RichProgress, tensorboard_callback
     from qrtrain.training.strategy import build_optimizer
 
     t = cfg.training
@@ -71,7 +72,7 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
     saving = checkpoint_dir is not None and cfg.checkpoint.every_steps > 0
     extensions = extensions or {}
     # extensions first: what they add to the logs reaches metrics.jsonl and TensorBoard
-    callbacks = [RichProgress(), *extensions.values(), MetricsFile(run_dir / "metrics.jsonl"),
+    callbacks = [RichProgress(), ProgressEvents(), *extensions.values(), MetricsFile(run_dir / "metrics.jsonl"),
                  tensorboard_callback(run_dir / "tensorboard")]
     if saving:
         callbacks.append(AtomicCheckpoints(checkpoint_dir, result_config, cfg.checkpoint.keep_last,
@@ -137,10 +138,3 @@ def use_liger_kernel(setting, device: str) -> bool:
         raise QrtrainError("training.liger_kernel=true needs a CUDA device and `pip install liger-kernel`; "
                            "use training.liger_kernel=auto to use it only where it can run")
     return bool(setting) and installed and device == "cuda"
-
-
-def data_processes(rows: int) -> int | None:
-    """Worker processes for TRL's tokenizing: one per core for large sets, none for small (start-up costs more)."""
-    import os
-
-    return min(os.cpu_count() or 1, 8) if rows >= 20_000 else None

@@ -1,5 +1,12 @@
 """The memory estimate and the gradient-checkpointing decision, for a table of models, batches and devices,
-and checkpointing some layers leaving loss and gradients exactly as they were."""
+and checkpointing some layers leaving loss and gradients exactly as they were; freed memory going back to the
+system during CPU training (slow: the default model's peak RSS with and without it)."""
+
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +123,41 @@ def test_checkpointing_some_layers_keeps_loss_and_gradients(tiny_folder):
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
     assert all(torch.allclose(grads_a[n], grads_b[n], atol=1e-7) for n in grads_a)
+
+
+def test_release_freed_memory_only_where_it_pays():
+    from qrtrain.training.memory import release_freed_memory
+
+    assert not release_freed_memory(False, "cpu", 8 * GIB)
+    assert not release_freed_memory("auto", "cuda", 8 * GIB)
+    assert not release_freed_memory("auto", "cpu", GIB)  # small steps: glibc's heap reuse is faster
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        assert release_freed_memory("auto", "cpu", 3 * GIB)
+        assert release_freed_memory(True, "cpu", 0)
+
+
+PEAK_RSS = """import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's mallopt")
+def test_released_memory_lowers_peak_rss_of_cpu_training(tmp_path, monkeypatch):
+    """The default model at batch 8 x 256 tokens (2.6 GB of activations), 2 steps: glibc's own heap growth
+    costs ~1.8 GB of peak RSS over returning freed tensors to the system (7.45 vs 5.61 GB measured)."""
+    monkeypatch.delenv("QRTRAIN_CACHE", raising=False)  # the default model, from the user's cache
+    rows = [json.dumps({"instruction": "describe the harbour " * 20, "input": "", "output": "ships and salt " * 150})
+            for _ in range(16)]
+    (tmp_path / "long.jsonl").write_text("\n".join(rows) + "\n")
+    qrtrain = str(Path(sys.executable).parent / "qrtrain")
+    peak = {}
+    for setting in ("false", "auto"):
+        command = [qrtrain, "train", f"data.train={tmp_path / 'long.jsonl'}", "model_type=standard",
+                   "training.max_steps=2", "training.max_length=256", "training.batch_size=8", "data.eval_fraction=0",
+                   "checkpoint.every_steps=0", "resume=never", f"artifact.root={tmp_path / setting}",
+                   f"training.release_freed_memory={setting}"]
+        result = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        peak[setting] = int(result.stdout) / 2**20  # GiB
+    assert peak["auto"] < peak["false"] - 1.0, peak

@@ -1,0 +1,175 @@
+// qrtrain dashboard: jobs with live progress (Server-Sent Events), loss charts, the registry, reports.
+// Plain JavaScript against the JSON API (/docs); charts with Chart.js.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+const charts = {};   // job id -> {chart, steps: Set}
+const streams = {};  // job id -> EventSource
+const reports = {};  // job id -> drawn
+const CHART_JOBS = 6;
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {credentials: "same-origin", ...options});
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail));
+  return body;
+}
+
+function cell(row, text, className) {
+  const td = row.insertCell();
+  if (text instanceof Node) td.append(text); else td.textContent = text ?? "";
+  if (className) td.className = className;
+  return td;
+}
+
+function button(label, onclick) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  b.addEventListener("click", onclick);
+  return b;
+}
+
+async function loadOptions() {
+  const options = await api("/api/options");
+  for (const group of ["model", "model_type", "strategy", "quantization"]) {
+    const select = $(`select[name=${group}]`);
+    for (const value of options[group]) select.add(new Option(value, value));
+  }
+  for (const extension of options.extensions) {
+    const label = document.createElement("label");
+    label.innerHTML = `<span><input type="checkbox" name="extension" value="${extension}"> ${extension}</span>`;
+    $("#extensions").append(label);
+  }
+  $("select[name=model_type]").value = "dialogue";
+  $("select[name=strategy]").value = "standard";
+  $("select[name=quantization]").value = "none";
+}
+
+async function startJob(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const overrides = ["model", "model_type", "strategy", "quantization"].map((g) => `${g}=${form.get(g)}`);
+  const extensions = form.getAll("extension");
+  if (extensions.length) overrides.push(`extensions=[${extensions.join(",")}]`);
+  if (form.get("data")) overrides.push(`data.train=${form.get("data")}`);
+  if (form.get("steps")) overrides.push(`training.max_steps=${form.get("steps")}`);
+  overrides.push(...form.get("extra").split(/\s+/).filter(Boolean));
+  $("#form-error").textContent = "";
+  try {
+    await api("/api/jobs", {method: "POST", headers: {"content-type": "application/json"},
+                            body: JSON.stringify({overrides})});
+    refreshJobs();
+  } catch (error) {
+    $("#form-error").textContent = error.message;
+  }
+}
+
+function follow(job) {
+  if (streams[job.id] || job.kind !== "train") return;
+  const box = document.createElement("div");
+  box.className = "chart";
+  box.innerHTML = `<canvas id="loss-${job.id}" aria-label="loss of job ${job.id}"></canvas>`;
+  $("#charts").prepend(box);
+  const chart = new Chart(box.querySelector("canvas"), {
+    type: "line",
+    data: {datasets: [{label: `job ${job.id}: training loss`, data: [], borderColor: "#2f6fdb", pointRadius: 2}]},
+    options: {animation: false, maintainAspectRatio: false, parsing: false,
+              scales: {x: {type: "linear", title: {display: true, text: "step"}},
+                       y: {title: {display: true, text: "loss"}}}},
+  });
+  charts[job.id] = {chart, steps: new Set()};
+  const source = new EventSource(`/api/jobs/${job.id}/events`);
+  streams[job.id] = source;
+  source.addEventListener("training", (message) => {
+    const event = JSON.parse(message.data);
+    const entry = charts[job.id];
+    if (event.loss == null || entry.steps.has(event.step)) return;
+    entry.steps.add(event.step);
+    entry.chart.data.datasets[0].data.push({x: event.step, y: event.loss});
+    entry.chart.update();
+    box.dataset.points = entry.steps.size;
+  });
+  source.addEventListener("end", () => { source.close(); refreshJobs(); refreshRegistry(); refreshHealth(); });
+}
+
+async function refreshJobs() {
+  const jobs = await api("/api/jobs");
+  const body = $("#jobs tbody");
+  body.replaceChildren();
+  for (const job of [...jobs].reverse()) {
+    const row = body.insertRow();
+    row.id = `job-${job.id}`;
+    row.dataset.status = job.status;
+    const p = job.progress || {};
+    cell(row, `#${job.id}`);
+    cell(row, job.kind);
+    cell(row, job.status + (job.phase && job.status === "running" ? ` (${job.phase})` : ""), `status-${job.status}`);
+    if (job.kind === "train") {
+      const bar = document.createElement("progress");
+      bar.max = p.total_steps || 1;
+      bar.value = job.status === "done" ? bar.max : (p.step || 0);
+      cell(row, bar).append(` ${p.step ?? 0}/${p.total_steps ?? "?"}`);
+    } else {
+      cell(row, job.phase || "");
+    }
+    cell(row, p.loss != null ? p.loss.toFixed(4) : "");
+    cell(row, p.eta_s != null && job.status === "running" ? `${Math.round(p.eta_s)} s` : "");
+    cell(row, job.version || job.report || job.error || "");
+    const actions = cell(row, "");
+    if (job.status === "queued" || job.status === "running")
+      actions.append(button("cancel", () => api(`/api/jobs/${job.id}/cancel`, {method: "POST"}).then(refreshJobs)));
+    if (["cancelled", "interrupted", "failed"].includes(job.status))
+      actions.append(button("resume", () => api(`/api/jobs/${job.id}/resume`, {method: "POST"}).then(refreshJobs)));
+    if (job.report && !reports[job.id]) drawReport(job);
+  }
+  jobs.filter((j) => j.kind === "train").slice(-CHART_JOBS).forEach(follow);
+}
+
+async function refreshRegistry() {
+  const versions = await api("/api/models");
+  const body = $("#registry tbody");
+  body.replaceChildren();
+  for (const v of versions) {
+    const row = body.insertRow();
+    row.dataset.version = `${v.artifact}/${v.version}`;
+    cell(row, v.artifact); cell(row, v.version); cell(row, v.created); cell(row, v.base_model);
+    cell(row, v.model_type); cell(row, v.quantization);
+    cell(row, v.eval_loss != null ? v.eval_loss.toFixed(4) : "");
+    cell(row, `${(v.size_bytes / 2 ** 20).toFixed(1)} MB`);
+    cell(row, v.verified ? "verified" : "FAILED", v.verified ? "ok" : "bad");
+    cell(row, button("verify", async (e) => {
+      const result = await api(`/api/models/${v.artifact}/${v.version}/verify`, {method: "POST"});
+      e.target.textContent = result.verified ? "verified ✓" : `failed: ${result.problems.join("; ")}`;
+    }));
+  }
+}
+
+async function drawReport(job) {
+  reports[job.id] = true;
+  const {report} = await api(`/api/jobs/${job.id}/report`);
+  const label = report.target ? report.target.split("/").slice(-2).join("/") : "";
+  const systems = report.systems ? report.systems.map((s) => [s.system, s.metrics]) : [[label, report.metrics]];
+  const names = Object.keys(systems[0][1]).filter((m) => !/latency|memory|loss|perplexity/.test(m)
+      && systems.some(([, ms]) => ms[m] && ms[m].mean != null && ms[m].mean <= 1 && ms[m].mean >= 0));
+  const box = document.createElement("div");
+  box.className = "chart";
+  box.innerHTML = `<canvas aria-label="report of job ${job.id}"></canvas>`;
+  $("#reports").prepend(box);
+  new Chart(box.querySelector("canvas"), {
+    type: "bar",
+    data: {labels: names, datasets: systems.map(([name, ms]) => ({label: name, data: names.map((m) => ms[m]?.mean)}))},
+    options: {animation: false, maintainAspectRatio: false,
+              plugins: {title: {display: true, text: `job ${job.id}: ${job.kind} (${report.suite})`}}},
+  });
+}
+
+async function refreshHealth() {
+  const h = await api("/api/health");
+  $("#health").textContent = `${h.device} · ${h.running} running, ${h.queued} queued · ${h.disk_free_gib} GiB free · v${h.version}`;
+}
+
+$("#job-form").addEventListener("submit", startJob);
+loadOptions().then(refreshJobs).then(refreshRegistry).then(refreshHealth);
+setInterval(refreshJobs, 1000);
+setInterval(refreshHealth, 5000);
+setInterval(refreshRegistry, 10000);

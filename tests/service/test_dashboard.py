@@ -1,0 +1,77 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium): start a
+tiny job from the form, watch its progress bar reach the end and its loss chart drawn, find the new version in
+the registry table. Saves a screenshot (QRTRAIN_SCREENSHOT, else the test's tmp folder).
+
+    .venv/bin/pytest -m slow tests/service/test_dashboard.py
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=DriverService(DRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_service, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    service = make_service()
+    browser.get(service.url + "/")
+    wait = WebDriverWait(browser, 240, poll_frequency=0.2)
+    wait.until(lambda b: len(Select(b.find_element(By.NAME, "model")).options) > 1)
+    Select(browser.find_element(By.NAME, "model")).select_by_value("tiny")
+    steps = browser.find_element(By.NAME, "steps")
+    steps.clear()
+    steps.send_keys("12")
+    browser.find_element(By.NAME, "extra").send_keys("training.logging_steps=1 training.eval_steps=0 "
+                                                     "artifact.name=from-the-page")
+    browser.find_element(By.ID, "start").click()
+
+    row = wait.until(lambda b: b.find_elements(By.ID, "job-1"))[0]
+    assert row is not None
+    wait.until(lambda b: b.find_element(By.ID, "job-1").get_attribute("data-status") == "done")
+    bar = browser.find_element(By.CSS_SELECTOR, "#job-1 progress")
+    assert bar.get_attribute("value") == bar.get_attribute("max") == "12"
+    points = wait.until(lambda b: int(b.find_element(By.CSS_SELECTOR, "#charts .chart").get_attribute("data-points")
+                                      or 0) >= 12 and b.find_element(By.CSS_SELECTOR, "#charts .chart"))
+    drawn = browser.execute_script(
+        "const c = document.querySelector('#charts canvas'); const chart = Chart.getChart(c);"
+        "return [c.width, c.height, chart.data.datasets[0].data.length];")
+    assert drawn[0] > 100 and drawn[1] > 100 and drawn[2] == 12, drawn
+    assert points is not None
+    version_row = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#registry tr[data-version="from-the-page/v1"]'))
+    assert "verified" in version_row[0].text
+
+    # an evaluation job started through the API: its report's chart appears on the page
+    evaluation = service.client.post("/api/evaluations", json={"target": "from-the-page/v1",
+                                                               "overrides": ["generation.max_new_tokens=8"]})
+    assert evaluation.status_code == 201, evaluation.text
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#reports canvas"))
+    bars = browser.execute_script("const chart = Chart.getChart(document.querySelector('#reports canvas'));"
+                                  "return [chart.config.type, chart.data.labels.length];")
+    assert bars[0] == "bar" and bars[1] > 0, bars
+
+    screenshot = Path(os.environ.get("QRTRAIN_SCREENSHOT", tmp_path / "dashboard.png"))
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
