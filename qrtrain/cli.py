@@ -85,6 +85,19 @@ def compare(ctx: typer.Context) -> None:
     emit("done", report=str(folder))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def synth(ctx: typer.Context) -> None:
+    """Generate training data from documents or templates with a model, filtered, with provenance. Args: key=value."""
+    from qrtrain.synth.synth import synth as run_synth
+
+    emit("validating_data", verb="synth")
+    try:
+        folder = run_synth(list(ctx.args))
+    except QrtrainError as error:
+        fail(error)
+    typer.echo(str(folder))
+
+
 @app.command("package")
 def package_artifact(
     target: Path = typer.Argument(..., help="An artifact version (outputs/NAME/v1) or artifact (its latest version)."),

@@ -36,7 +36,8 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
         "model_type": cfg.model_type.name,
         "strategy": cfg.strategy.name,
         "quantization": cfg.quantization.name,
-        "datasets": data_sources,
+        "datasets": [dict(source, synth_provenance=synth) if (synth := synth_provenance(source)) else source
+                     for source in data_sources],
         "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
         "seed": cfg.seed,
         "device": device_description(device),
@@ -45,6 +46,23 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
         "base_weights_check": {"frozen_parameters_sha256": base_digest, "unchanged": True},
         "extensions": extensions,
     }
+
+
+def synth_provenance(source: dict) -> dict | None:
+    """The synth_provenance.json beside a data file that `qrtrain synth` wrote, when it names this file with
+    the same sha256 (the data as generated, unchanged)."""
+    import json
+
+    path = Path(source.get("path", ""))
+    record = path.parent / "synth_provenance.json"
+    if source.get("role") == "eval-split" or not record.is_file() or not source.get("sha256"):
+        return None
+    try:
+        provenance = json.loads(record.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    outputs = provenance.get("outputs", {}) if isinstance(provenance, dict) else {}
+    return provenance if outputs.get(path.name) == source["sha256"] else None
 
 
 def base_model_reference(cfg) -> str:

@@ -36,8 +36,9 @@ def answer_limit(setting, processing, references: list[str]) -> int:
 
 
 def generate_answers(model, processing, prompts: list[list[dict]], batch_size: int, max_new_tokens: int,
-                     seed: int, images: list | None = None) -> list[dict]:
-    """One {answer, latency_s, new_tokens} per prompt; latency is the wall time of the answer's batch."""
+                     seed: int, images: list | None = None, sampling: dict | None = None, on_batch=None) -> list[dict]:
+    """One {answer, latency_s, new_tokens, stopped} per prompt; latency is the wall time of the answer's batch.
+    Greedy unless `sampling` gives {temperature, top_p}; on_batch(done) is called after each batch."""
     import torch
 
     tokenizer = getattr(processing, "tokenizer", processing)
@@ -50,7 +51,8 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
                         special_tokens=isinstance(batch[0], str))
         began = time.perf_counter()
         with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+            decoding = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, **decoding,
                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         latency = time.perf_counter() - began
         for row in output[:, inputs["input_ids"].shape[1]:]:
@@ -60,7 +62,10 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
                 tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
             tokens = [t for t in tokens if t != tokenizer.pad_token_id]
             results.append({"answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                            "latency_s": latency, "new_tokens": len(tokens) + stopped, "batch": start // batch_size})
+                            "latency_s": latency, "new_tokens": len(tokens) + stopped, "batch": start // batch_size,
+                            "stopped": stopped})
+        if on_batch is not None:
+            on_batch(len(results))
     return results
 
 

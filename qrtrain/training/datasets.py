@@ -93,7 +93,7 @@ def token_report(dataset, tokenizer, max_length: int, chunk: int = 1000) -> dict
     if processes:
         measured = dataset.map(measure, batched=True, batch_size=chunk, num_proc=processes,
                                remove_columns=dataset.column_names, desc="checking token lengths")
-        lengths, no_loss = measured["length"], measured["no_loss"]
+        lengths, no_loss = list(measured["length"]), list(measured["no_loss"])
     else:
         lengths, no_loss = [], []
         for start in range(0, len(dataset), chunk):

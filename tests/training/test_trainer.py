@@ -64,6 +64,27 @@ def test_padding_free_still_truncates_to_max_length(tmp_path):
     assert counted["truncated"] > 0 and len(counted["lengths"]) == len(train_set)
 
 
+@pytest.mark.parametrize("model_type", ["dialogue", "standard"])
+def test_token_report_in_worker_processes_equals_one_process(tmp_path, monkeypatch, model_type):
+    """Large sets are measured by one process per core (datasets.map): the same counts and lengths as in one
+    process, and a report that the data cache can write as JSON."""
+    import json
+
+    import qrtrain.training.datasets as datasets_module
+    from qrtrain.models.loading import load_tokenizer, model_folder
+    from qrtrain.training.datasets import load_datasets, token_report
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(f"model_type={model_type}")
+    train_set, _, _ = load_datasets(cfg)
+    tokenizer = load_tokenizer(model_folder(cfg.model), model_type)
+    alone = token_report(train_set, tokenizer, 8, chunk=7)
+    monkeypatch.setattr(datasets_module, "data_processes", lambda rows: 2)
+    workers = token_report(train_set, tokenizer, 8, chunk=7)
+    assert workers == alone and alone["truncated"] > 0 and len(alone["lengths"]) == len(train_set)
+    json.dumps(workers)
+
+
 def test_logged_metrics_equal_trl_without_step_syncs(tmp_path, monkeypatch):
     """Train the same steps with TRL's SFTTrainer and with qrtrain's: identical losses, entropy, token
     accuracy and token counts in every log."""
