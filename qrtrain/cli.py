@@ -90,7 +90,6 @@ def synth(ctx: typer.Context) -> None:
     """Generate training data from documents or templates with a model, filtered, with provenance. Args: key=value."""
     from qrtrain.synth.synth import synth as run_synth
 
-    emit("validating_data", verb="synth")
     try:
         folder = run_synth(list(ctx.args))
     except QrtrainError as error:

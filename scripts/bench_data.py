@@ -109,12 +109,14 @@ one cut to `max_length` 512, 4 steps:
 Where it goes: the tensors saved for backward at batch 8 x 512 are 5.2 GB (measured with
 `torch.autograd.graph.saved_tensors_hooks`; the estimate in qrtrain/training/memory.py says 5.1 GB), mostly
 the MLP's 1,536-wide intermediates. TRL 1.16 computes the loss with a chunked LM head, so no full-vocabulary
-logits are kept, and LoRA dropout 0 keeps no dropped-out copies of the inputs. The rest was glibc's heap:
-after the first large free its mmap threshold rises to 32 MiB, so every activation tensor is carved from a
-heap that fragments and never shrinks. `training.release_freed_memory` (auto: on for CPU steps of 2+ GiB of
-activations) fixes the threshold at 1 MiB, so freed tensors go back to the system; the page faults of fresh
-mappings would cost 25% of the step time, and transparent huge pages for PyTorch's CPU tensors
-(`THP_MEM_ALLOC_ENABLE`, set by every training run) take that back. Gradient checkpointing or a smaller batch with accumulation (the same
+logits are kept, and LoRA dropout 0 keeps no dropped-out copies of the inputs. The rest was the allocator:
+the previous release peaked at 14.0 GB at 20.6 s a step (same script), because glibc's mmap threshold rises
+to 32 MiB after the first large free and every activation tensor was then carved from a heap that fragments
+and never shrinks. Two changes: every training run asks PyTorch's CPU allocator for transparent huge pages
+(`THP_MEM_ALLOC_ENABLE`: tensors of 2 MiB and more 2 MiB-aligned, fewer page faults), which alone brings the
+peak to the `release_freed_memory=false` row; and `training.release_freed_memory` (auto: on for CPU steps of
+2+ GiB of activations) fixes glibc's threshold at 1 MiB so freed tensors go back to the system, for the
+first row, at the step time shown. Gradient checkpointing or a smaller batch with accumulation (the same
 optimizer batch) lower it further.
 <!-- /bench-data -->
 """

@@ -2,7 +2,7 @@
 
     qrtrain synth filter.groundedness=0.5 filter.duplicate_similarity=0.95
 
-Rules, in order: `empty` (no question or answer), `truncated` (the answer hit max_new_tokens before its end),
+Rules, in order: `empty` (no question or answer), `truncated` (the answer hit max_new_tokens before its end; filter.drop_truncated),
 `refusal` (refusals and assistant boilerplate), `length` (answer words outside [min_words, max_words]),
 `invalid_json` (a template with expect_json whose answer does not parse), `ungrounded` (documents: fewer
 than `groundedness` of the answer's content words appear in its passage), `duplicate` (a question whose
@@ -39,7 +39,7 @@ def sample_problem(sample: dict, rules) -> str | None:
     question, answer = sample["question"].strip(), sample["answer"].strip()
     if not question or not answer:
         return "empty"
-    if not sample.get("stopped", True):
+    if rules.drop_truncated and not sample.get("stopped", True):
         return "truncated"
     if REFUSAL.search(answer) or REFUSAL.search(question):
         return "refusal"

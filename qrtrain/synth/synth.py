@@ -6,7 +6,7 @@
 
 The story: check the config and the output place -> passages (documents) or filled prompts (templates) ->
 load the generator (a base model, optionally with an adapter) -> documents: sample questions about each
-passage, then answer each from its passage (greedy); templates: answer each prompt (sampled) -> filter
+passage, then answer each from its passage (greedy, or sampled with synth.answer_temperature); templates: answer each prompt (sampled) -> filter
 (qrtrain.synth.filters) -> split off evaluation questions -> write train.jsonl, eval.jsonl and
 synth_provenance.json into a staging folder and rename it into place (never half-written).
 """
@@ -82,9 +82,10 @@ def synth(overrides: list[str]) -> Path:
                      "chunk_words": s.chunk_words, "chunk_overlap": s.chunk_overlap}
                     if s.mode == "documents" else {"templates": OmegaConf.to_container(s.templates, resolve=True)}),
         "system_prompt": s.system_prompt,
-        "sampling": {"temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
-                     "batch_size": s.batch_size, "seed": s.seed,
-                     "note": "documents: questions sampled, answers greedy; templates: answers sampled"},
+        "sampling": {"temperature": s.temperature, "answer_temperature": s.answer_temperature, "top_p": s.top_p,
+                     "max_new_tokens": s.max_new_tokens, "batch_size": s.batch_size, "seed": s.seed,
+                     "note": "documents: questions sampled, answers greedy unless answer_temperature > 0; "
+                             "templates: answers sampled"},
         "filter": {**OmegaConf.to_container(cfg.filter), "groundedness_measure":
                    "share of the answer's content words (lower-cased, stop words removed) found in its passage",
                    "duplicate_measure": "cosine similarity of all-MiniLM-L6-v2 embeddings of the questions"},
@@ -107,6 +108,8 @@ def check_settings(cfg) -> None:
             problems.append(f"synth.{key}={s[key]}: expected a whole number above 0")
     if not isinstance(s.temperature, (int, float)) or s.temperature <= 0:
         problems.append(f"synth.temperature={s.temperature}: expected a number above 0")
+    if not isinstance(s.answer_temperature, (int, float)) or s.answer_temperature < 0:
+        problems.append(f"synth.answer_temperature={s.answer_temperature}: expected 0 (greedy) or a number above 0")
     if not isinstance(s.top_p, (int, float)) or not 0 < s.top_p <= 1:
         problems.append(f"synth.top_p={s.top_p}: expected a number in (0, 1]")
     if not isinstance(s.eval_fraction, (int, float)) or not 0 <= s.eval_fraction < 1:
@@ -181,8 +184,10 @@ def generate(cfg, model, tokenizer, jobs: list[dict]) -> list[dict]:
                     {"role": "user", "content": ANSWER_PROMPT.format(passage=j["passage"]["text"], question=q)}]
                    for j, q in zip(jobs, asked)]
         done = len(jobs)
+        answer_sampling = {"temperature": float(s.answer_temperature), "top_p": float(s.top_p)} \
+            if s.answer_temperature > 0 else None
         answers = generate_answers(model, tokenizer, prompts, s.batch_size, s.max_new_tokens, s.seed,
-                                   on_batch=lambda n: advance(done + n))
+                                   sampling=answer_sampling, on_batch=lambda n: advance(done + n))
     return [{"question": q, "answer": a["answer"], "stopped": a["stopped"] and question["stopped"],
              "passage": j["passage"]["text"], "source": j["passage"]["id"], "expect_json": False}
             for j, q, question, a in zip(jobs, asked, questions, answers)]
@@ -242,7 +247,8 @@ def split(kept: list[dict], eval_fraction: float, seed: int, system_prompt: str 
     train_rows, eval_rows = [], []
     for i, sample in enumerate(kept):
         if i in held:
-            item = {"messages": [*system, {"role": "user", "content": sample["question"]}],
+            item = {"messages": [*system, {"role": "user", "content": sample["question"]},
+                                 {"role": "assistant", "content": sample["answer"]}],
                     "answer": sample["answer"], "source": sample["source"]}
             words = keywords(sample["answer"], sample["passage"])
             if words:

@@ -170,8 +170,8 @@ RELEASE_FROM_BYTES = 2 * GIB
 def prefer_huge_pages() -> None:
     """Ask PyTorch's CPU allocator for transparent huge pages: tensors of 2 MiB or more 2 MiB-aligned and
     madvise(MADV_HUGEPAGE)d (THP_MEM_ALLOC_ENABLE, read once, at its first allocation: call this before any
-    tensor exists). Fewer page faults: measured 44 -> 41 s for two steps at batch 8 x 512 on CPU, and what
-    makes release_freed_memory() cost no step time. A user's own THP_MEM_ALLOC_ENABLE=0 wins."""
+    tensor exists). Fewer page faults and less fragmentation: the default model at batch 8 x 512 on CPU
+    peaked at 10.84 GB instead of 14.0 GB (scripts/bench_data.py). A user's own THP_MEM_ALLOC_ENABLE=0 wins."""
     import os
 
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
@@ -182,10 +182,10 @@ def release_freed_memory(setting, device: str, activation_bytes: int) -> bool:
 
     glibc serves a freed block's size from its heap from then on (its mmap threshold rises up to 32 MiB after
     the first large free), so the activations of one step and the logits chunks of the next end up side by
-    side in a heap that never shrinks: training the default model at batch 8 x 512 tokens peaked at 13.9 GB
-    of RSS for 5.2 GB of saved activations. A fixed threshold of 1 MiB keeps every tensor of that size in its
-    own mapping, returned to the system on free (peak 10.0 GB). Fresh mappings cost page faults (steps 25%
-    slower with 4 KiB pages); with prefer_huge_pages() the steps take 21.3 s instead of 20.6 s. auto: on for CPU training whose
+    side in a heap that never shrinks: training the default model at batch 8 x 512 tokens peaked at 14.0 GB
+    of RSS for 5.2 GB of saved activations (10.84 GB with prefer_huge_pages()). A fixed threshold of 1 MiB
+    keeps every tensor of that size in its own mapping, returned to the system on free: peak 10.0 GB, steps
+    21.4 s instead of 19.4 s (fresh mappings cost page faults; 25% slower without huge pages). auto: on for CPU training whose
     estimated activations reach 2 GiB; off for smaller steps, and on CUDA, where host memory holds little.
 
         qrtrain train training.release_freed_memory=false    # glibc's default
