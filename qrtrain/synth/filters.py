@@ -3,7 +3,8 @@
     qrtrain synth filter.groundedness=0.5 filter.duplicate_similarity=0.95
 
 Rules, in order: `empty` (no question or answer), `truncated` (the answer hit max_new_tokens before its end; filter.drop_truncated),
-`refusal` (refusals and assistant boilerplate), `length` (answer words outside [min_words, max_words]),
+`refusal` (refusals and assistant boilerplate), `not_a_question` (documents: a generated question that does
+not end with '?', or that talks about "the answer" instead of asking; filter.require_question), `length` (answer words outside [min_words, max_words]),
 `invalid_json` (a template with expect_json whose answer does not parse), `ungrounded` (documents: fewer
 than `groundedness` of the answer's content words appear in its passage), `duplicate` (a question whose
 all-MiniLM-L6-v2 embedding has cosine similarity >= duplicate_similarity with a question kept before).
@@ -43,6 +44,9 @@ def sample_problem(sample: dict, rules) -> str | None:
         return "truncated"
     if REFUSAL.search(answer) or REFUSAL.search(question):
         return "refusal"
+    if rules.require_question and sample.get("passage") is not None and (
+            not question.endswith("?") or "answer" in question.lower()):
+        return "not_a_question"
     words = len(answer.split())
     if not rules.min_words <= words <= rules.max_words:
         return "length"
@@ -78,8 +82,8 @@ def near_duplicates(questions: list[str], threshold: float) -> list[bool]:
 
 def apply_filter(samples: list[dict], rules) -> tuple[list[dict], dict]:
     """(kept samples, {reason: dropped count}); every rule's count is present, zero or not."""
-    dropped = {reason: 0 for reason in ("empty", "truncated", "refusal", "length", "invalid_json", "ungrounded",
-                                        "duplicate")}
+    dropped = {reason: 0 for reason in ("empty", "truncated", "refusal", "not_a_question", "length", "invalid_json",
+                                        "ungrounded", "duplicate")}
     passing = []
     for sample in samples:
         problem = sample_problem(sample, rules)

@@ -42,8 +42,10 @@ class SFTTrainerWithoutStepSyncs(SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         pending = self.__dict__.get("_pending_metrics")
         if self.model.training and pending:
-            gathered = self.accelerator.gather_for_metrics(torch.stack([step for step, _ in pending]))
-            tokens = self.accelerator.gather_for_metrics(
+            # gather, not gather_for_metrics: these are per-step sums of each process, not dataset samples, and
+            # gather_for_metrics cuts its input to the dataset's remainder on the last batch of an epoch
+            gathered = self.accelerator.gather(torch.stack([step for step, _ in pending]))
+            tokens = self.accelerator.gather(
                 torch.stack([torch.as_tensor(n, device=gathered.device) for _, n in pending]))
             per_step = gathered.view(-1, len(pending), 3).sum(0).tolist()  # one host sync per log
             for (valid, entropy, correct), step_tokens in zip(per_step, tokens.view(-1, len(pending)).sum(0).tolist()):

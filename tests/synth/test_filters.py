@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from qrtrain.synth.filters import apply_filter, groundedness, sample_problem
 
-RULES = OmegaConf.create({"drop_truncated": True, "min_words": 3, "max_words": 20, "groundedness": 0.6,
+RULES = OmegaConf.create({"drop_truncated": True, "require_question": True, "min_words": 3, "max_words": 20, "groundedness": 0.6,
                           "duplicate_similarity": 0.9})
 PASSAGE = "The capital of Veloria is Quillhaven. The longest river of Veloria is the Marrow, which runs 412 kilometres."
 GOOD = {"question": "What is the capital of Veloria?", "answer": "The capital of Veloria is Quillhaven.",
@@ -21,6 +21,8 @@ GOOD = {"question": "What is the capital of Veloria?", "answer": "The capital of
     ({"stopped": False}, "truncated"),
     ({"answer": "I'm sorry, but I cannot answer that question."}, "refusal"),
     ({"answer": "As an AI language model, Quillhaven is the capital."}, "refusal"),
+    ({"question": "The capital of Veloria is Quillhaven."}, "not_a_question"),
+    ({"question": "What is the answer to this: the capital?"}, "not_a_question"),
     ({"answer": "Quillhaven."}, "length"),
     ({"answer": "Quillhaven " * 25}, "length"),
     ({"answer": "The capital of Veloria is Paris, in France, by the Seine."}, "ungrounded"),
@@ -50,5 +52,5 @@ def test_near_duplicate_questions_are_dropped_and_counted():
                {**GOOD, "answer": "Sorry, I'm sorry."}]
     kept, dropped = apply_filter(samples, RULES)
     assert [s["question"] for s in kept] == [GOOD["question"], "How long is the Marrow river?"]
-    assert dropped == {"empty": 0, "truncated": 0, "refusal": 1, "length": 0, "invalid_json": 0,
-                       "ungrounded": 0, "duplicate": 1}
+    assert dropped == {"empty": 0, "truncated": 0, "refusal": 1, "not_a_question": 0, "length": 0,
+                       "invalid_json": 0, "ungrounded": 0, "duplicate": 1}

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import invoke
 
-LOOSE = ["model=tiny", "filter.drop_truncated=false", "filter.min_words=1", "filter.max_words=1000",
+LOOSE = ["model=tiny", "filter.drop_truncated=false", "filter.require_question=false", "filter.min_words=1", "filter.max_words=1000",
          "filter.groundedness=0", "filter.duplicate_similarity=1.0", "synth.max_new_tokens=12",
          "synth.questions_per_passage=2", "synth.answer_temperature=0.8"]
 TEMPLATES = ('synth.templates=[{prompt: "Tell me about {place} in {season}.", '
@@ -48,8 +48,8 @@ def test_documents_mode_writes_data_that_train_accepts_with_provenance(tmp_path,
     assert generator["files"] and all(sha256(folder / name) == digest for name, digest in generator["files"].items())
     assert provenance["corpus"]["sha256"] and provenance["sampling"]["seed"] == 0
     assert set(provenance["filter"]) >= {"groundedness", "duplicate_similarity", "min_words", "max_words"}
-    assert set(provenance["counts"]["dropped"]) == {"empty", "truncated", "refusal", "length", "invalid_json",
-                                                   "ungrounded", "duplicate"}
+    assert set(provenance["counts"]["dropped"]) == {"empty", "truncated", "refusal", "not_a_question", "length",
+                                                   "invalid_json", "ungrounded", "duplicate"}
     assert "{passage}" in provenance["prompts"]["question"]
 
     trained = invoke("train", "model=tiny", "training.max_steps=2", f"data.train={out / 'train.jsonl'}",

@@ -105,3 +105,24 @@ def test_logged_metrics_equal_trl_without_step_syncs(tmp_path, monkeypatch):
     for a, b in zip(ours, theirs):
         for key in ("loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
+
+
+def test_logging_at_the_end_of_an_epoch_with_a_partial_last_batch(tmp_path, model_cache):
+    """18 examples in batches of 8 end each epoch on a batch of 2; a log at that step must count every
+    pending step (accelerate's gather_for_metrics would cut them to the remainder of the dataset)."""
+    import json
+
+    from tests.conftest import invoke
+
+    data = tmp_path / "eighteen.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"question {i}?"},
+                                                     {"role": "assistant", "content": f"answer {i}."}]}) + "\n"
+                            for i in range(18)))
+    result = invoke("train", "model=tiny", f"data.train={data}", "data.eval_fraction=0", "training.batch_size=8",
+                    "training.max_steps=6", "training.logging_steps=3", "training.eval_steps=0",
+                    f"artifact.root={tmp_path / 'out'}")
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "out" / "tiny-dialogue" / "v1" / "training_metrics.json").read_text())["history"]
+    logged = [h for h in history if "loss" in h]
+    assert [h["step"] for h in logged] == [3, 6] and all(0 <= h["mean_token_accuracy"] <= 1 for h in logged)
+    assert 0 < logged[0]["num_tokens"] < logged[1]["num_tokens"]
