@@ -45,7 +45,8 @@ def test_synthetic_data_trains_an_adapter_that_is_compared_with_base_and_hand_wr
     systems = {s["system"]: s["metrics"]["keyword_accuracy"]
                for s in json.loads((tmp_path / "compare" / "comparison.json").read_text())["systems"]}
     assert set(systems) == {"base", "veloria-synth/v1", "veloria-hand/v1"}
-    assert all(len(m["ci95"]) == 2 and m["n"] == 26 for m in systems.values())
+    assert all(len(m["ci95"]) == 2 and m["n"] == 24 for m in systems.values())  # the 24 fact questions
     print(json.dumps({"counts": provenance["counts"], "keyword_accuracy": systems}, indent=1))
-    # the synthetic-data adapter knows more Veloria facts than the base model, which knows none
-    assert systems["veloria-synth/v1"]["mean"] > systems["base"]["mean"]
+    # the target: the synthetic-data adapter beats base with non-overlapping intervals (measured: base 0.0
+    # [0.0, 0.0], synthetic 0.208 [0.083, 0.376], hand-written 0.542 [0.374, 0.708])
+    assert systems["veloria-synth/v1"]["ci95"][0] > systems["base"]["ci95"][1]

@@ -171,5 +171,5 @@ async function refreshHealth() {
 $("#job-form").addEventListener("submit", startJob);
 loadOptions().then(refreshJobs).then(refreshRegistry).then(refreshHealth);
 setInterval(refreshJobs, 1000);
-setInterval(refreshHealth, 5000);
+setInterval(refreshHealth, 2000);
 setInterval(refreshRegistry, 10000);
