@@ -33,12 +33,14 @@ def browser():
 
 
 def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_service, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     service = make_service()
     browser.get(service.url + "/")
-    wait = WebDriverWait(browser, 240, poll_frequency=0.2)
+    # the page rebuilds its tables every second: an element found a moment ago may be gone, so look again
+    wait = WebDriverWait(browser, 240, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
     wait.until(lambda b: len(Select(b.find_element(By.NAME, "model")).options) > 1)
     Select(browser.find_element(By.NAME, "model")).select_by_value("tiny")
     steps = browser.find_element(By.NAME, "steps")
@@ -48,11 +50,10 @@ def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_servic
                                                      "artifact.name=from-the-page")
     browser.find_element(By.ID, "start").click()
 
-    row = wait.until(lambda b: b.find_elements(By.ID, "job-1"))[0]
-    assert row is not None
+    wait.until(lambda b: b.find_elements(By.ID, "job-1"))
     wait.until(lambda b: b.find_element(By.ID, "job-1").get_attribute("data-status") == "done")
-    bar = browser.find_element(By.CSS_SELECTOR, "#job-1 progress")
-    assert bar.get_attribute("value") == bar.get_attribute("max") == "12"
+    bar = browser.execute_script("const bar = document.querySelector('#job-1 progress'); return [bar.value, bar.max];")
+    assert bar == [12, 12], bar
     points = wait.until(lambda b: int(b.find_element(By.CSS_SELECTOR, "#charts .chart").get_attribute("data-points")
                                       or 0) >= 12 and b.find_element(By.CSS_SELECTOR, "#charts .chart"))
     drawn = browser.execute_script(
@@ -60,8 +61,8 @@ def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_servic
         "return [c.width, c.height, chart.data.datasets[0].data.length];")
     assert drawn[0] > 100 and drawn[1] > 100 and drawn[2] == 12, drawn
     assert points is not None
-    version_row = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#registry tr[data-version="from-the-page/v1"]'))
-    assert "verified" in version_row[0].text
+    wait.until(lambda b: "verified" in b.find_element(By.CSS_SELECTOR,
+                                                      '#registry tr[data-version="from-the-page/v1"]').text)
 
     # an evaluation job started through the API: its report's chart appears on the page
     evaluation = service.client.post("/api/evaluations", json={"target": "from-the-page/v1",
