@@ -1,7 +1,7 @@
 # make demo   : set up .venv, fine-tune SmolLM2-135M-Instruct on the demo data, print the artifact path
 # make test   : set up .venv, run the fast test suite
 # make test-slow : the slow tests (default model end to end, many fuzz cases)
-# make bench  : CPU benchmarks (scripts/): qrtrain vs plain TRL, large data and memory, verify
+# make bench  : CPU benchmarks (scripts/): qrtrain vs plain TRL, large data and memory, verify, the service under load
 # make bench-gpu : qrtrain vs plain TRL on one CUDA GPU (scripts/bench_gpu.py); GPU users: make TORCH_SPEC=torch
 
 PYTHON ?= python3
@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_data.py
 	$(PY) scripts/bench_verify.py
+	$(PY) scripts/bench_serve.py
 
 bench-gpu: $(STAMP)
 	$(PY) scripts/bench_gpu.py
