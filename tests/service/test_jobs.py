@@ -9,6 +9,8 @@ import signal
 import time
 
 LONG = ["training.max_steps=400", "checkpoint.every_steps=5"]
+LONGER = ["training.max_steps=1500", "checkpoint.every_steps=250"]  # still running after a service restart
+ENDLESS = ["training.max_steps=100000", "checkpoint.every_steps=0"]  # only ever cancelled
 
 
 def running_at_step(service, job_id: int, step: int = 6) -> dict:
@@ -39,7 +41,7 @@ def test_cancel_saves_a_checkpoint_and_resume_finishes_from_it(make_service):
 
 def test_two_workers_run_two_jobs_and_a_third_waits(make_service):
     service = make_service(workers=2)
-    jobs = [service.submit(*LONG, f"artifact.name=parallel-{i}") for i in range(3)]
+    jobs = [service.submit(*ENDLESS, f"artifact.name=parallel-{i}") for i in range(3)]
     running_at_step(service, jobs[0]["id"], 2)
     running_at_step(service, jobs[1]["id"], 2)
     for _ in range(10):
@@ -49,7 +51,7 @@ def test_two_workers_run_two_jobs_and_a_third_waits(make_service):
     service.client.post(f"/api/jobs/{jobs[0]['id']}/cancel")
     running_at_step(service, jobs[2]["id"], 1)  # the third starts once a worker is free
     assert service.job(jobs[0]["id"])["status"] == "cancelled"
-    queued_then_cancelled = service.submit(*LONG)
+    queued_then_cancelled = service.submit(*ENDLESS)
     assert service.client.post(f"/api/jobs/{queued_then_cancelled['id']}/cancel").json()["status"] == "cancelled"
     for job in jobs[1:]:
         service.client.post(f"/api/jobs/{job['id']}/cancel")
@@ -59,7 +61,7 @@ def test_two_workers_run_two_jobs_and_a_third_waits(make_service):
 
 def test_a_killed_service_restarts_and_adopts_its_running_job(make_service):
     service = make_service()
-    job = service.submit(*LONG, "artifact.name=adopted")
+    job = service.submit(*LONGER, "artifact.name=adopted")
     pid = running_at_step(service, job["id"])["pid"]
     service.kill(signal.SIGKILL)
     os.kill(pid, 0)  # the job's process outlives the service
