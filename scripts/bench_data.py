@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks_md import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 WORDS = ("the harbour of quillhaven opens at dawn and closes at dusk every day ships bring salt wool and news "
@@ -120,15 +122,7 @@ first row, at the step time shown. Gradient checkpointing or a smaller batch wit
 optimizer batch) lower it further.
 <!-- /bench-data -->
 """
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find("<!-- bench-data -->"), text.find("<!-- /bench-data -->")
-    if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len("<!-- /bench-data -->\n"):]
-    else:
-        gpu = text.find("<!-- bench-gpu -->")
-        text = text[:gpu] + section + "\n" + text[gpu:] if gpu != -1 else text.rstrip() + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    write_section("bench-data", section, before="bench-gpu")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks_md import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>", "<unk>"]
@@ -273,14 +275,7 @@ def markdown(results: list[dict], command: str) -> str:
 
 
 def write_benchmarks(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start, end = text.find("<!-- bench-gpu -->"), text.find("<!-- /bench-gpu -->")
-    if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len("<!-- /bench-gpu -->\n"):]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    write_section("bench-gpu", section)
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import httpx
+from benchmarks_md import write_section
 
-ROOT = Path(__file__).resolve().parent.parent
 QRTRAIN = str(Path(sys.executable).parent / "qrtrain")
 CLIENTS, RATE, SECONDS = 50, 200, 30
 
@@ -115,14 +115,7 @@ having delivered every event the job wrote.
 | {result['requests']} | {result['request_errors']} | {result['p50_ms']} ms | {result['p99_ms']} ms | {result['max_ms']} ms | {result['events_written']} | {result['streams_complete']} of {result['clients']} | {result['stream_errors']} |
 <!-- /bench-serve -->
 """
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find("<!-- bench-serve -->"), text.find("<!-- /bench-serve -->")
-    if start != -1 and end != -1:
-        text = text[:start] + section + text[end + len("<!-- /bench-serve -->\n"):]
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text, encoding="utf-8")
+    write_section("bench-serve", section)
     if result["request_errors"] or result["stream_errors"] or result["streams_complete"] != result["clients"]:
         raise SystemExit("errors or dropped events: see above")
 
