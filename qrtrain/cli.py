@@ -12,7 +12,7 @@ import typer
 
 from qrtrain import __version__
 from qrtrain.errors import QrtrainError
-from qrtrain.events import emit
+from qrtrain.events import check_events_file, emit
 from qrtrain.terminal import report_error
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ def root(
 ) -> None:
     if debug:
         os.environ["QRTRAIN_DEBUG"] = "1"
+    check_events_file()
 
 
 @app.command(
@@ -167,12 +168,13 @@ def serve(
     root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root; the service's state lives in ROOT/.service."),
     workers: int = typer.Option(1, "--workers", min=1, help="Jobs run at once; the rest wait in order."),
     data_root: list[Path] = typer.Option(None, "--data-root", help="Where request paths may point (repeatable; default: the current folder)."),
+    trust_proxy: list[str] = typer.Option(None, "--trust-proxy", help="A reverse proxy's address whose X-Forwarded-For is believed (repeatable)."),
 ) -> None:
     """Run the training service: job API, live events, the registry over HTTP and a dashboard at /."""
     from qrtrain.service.serve import serve as run_service
 
     try:
-        run_service(host, port, root, workers, data_root or [Path.cwd()])
+        run_service(host, port, root, workers, data_root or [Path.cwd()], trust_proxy or [])
     except QrtrainError as error:
         fail(error)
 

@@ -10,16 +10,34 @@ learning_rate, tokens_per_s and eta_s; `done` names what was written (`version`,
 `failed` and `interrupted` carry `message` and `exit_code`.
 
 `qrtrain train` writes events.jsonl in its run folder; every verb also writes to the file QRTRAIN_EVENTS
-names (the service sets it for its jobs). Without either, emit() does nothing.
+names (the service sets it for its jobs): a regular file or /dev/null, anything else is refused (exit 2).
+Without either, emit() does nothing.
 """
 
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
 TERMINAL_PHASES = ("done", "failed", "interrupted")
 _paths: list[Path] = []
+
+
+def check_events_file() -> None:
+    """QRTRAIN_EVENTS must name a regular file (or one to be created), or /dev/null: a pipe, a device or a
+    folder is refused at start (exit 2), so no run ever hangs or writes into one."""
+    named = os.environ.get("QRTRAIN_EVENTS")
+    if not named:
+        return
+    path = Path(named)
+    if path == Path(os.devnull) or not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_file():
+        from qrtrain.errors import QrtrainError
+
+        raise QrtrainError(f"QRTRAIN_EVENTS={named}: not a regular file (a pipe, device, folder or link); "
+                           "name a file to append JSON lines to, or unset it")
 
 
 def write_events_to(*paths: Path | None) -> None:
@@ -30,17 +48,27 @@ def write_events_to(*paths: Path | None) -> None:
 
 
 def emit(phase: str, **fields) -> None:
-    """Append one event to each events file; a file that cannot be written never stops the run."""
+    """Append one event to each events file; a file that cannot be written never stops the run, and
+    anything but a regular file is never written (opened without blocking, checked once open)."""
     if not _paths and os.environ.get("QRTRAIN_EVENTS"):
         write_events_to()
     line = json.dumps({"time": round(time.time(), 3), "phase": phase, **fields}, ensure_ascii=False,
                       default=str) + "\n"
     for path in _paths:
+        if path == Path(os.devnull):
+            continue
         try:
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(line)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0),
+                         0o644)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.write(fd, line.encode("utf-8"))
         except OSError:
             pass
+        finally:
+            os.close(fd)
 
 
 def read_events(path: Path, start: int = 0) -> tuple[list[dict], int]:

@@ -60,9 +60,9 @@ async def poll_status(client: httpx.AsyncClient, job_id: int) -> tuple[list[floa
 async def load(url: str, root: Path) -> dict:
     limits = httpx.Limits(max_connections=CLIENTS + 300, max_keepalive_connections=CLIENTS + 300)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        job = (await client.post("/api/jobs", json={"overrides": [
-            "model=tiny", "training.max_steps=100000", "training.logging_steps=1", "training.eval_steps=0",
-            "checkpoint.every_steps=0"]})).json()
+        job = (await client.post("/api/jobs", json={
+            "model": "tiny", "training": {"max_steps": 100000, "logging_steps": 1, "eval_steps": 0},
+            "checkpoint": {"every_steps": 0}})).json()
         while (await client.get(f"/api/jobs/{job['id']}")).json()["status"] != "running":
             await asyncio.sleep(0.2)
         streams = [asyncio.create_task(follow(client, job["id"])) for _ in range(CLIENTS)]

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "qrtrain"
 
 # Lowest first. An area is a module or a folder of the package.
 LAYERS = [
-    ["qrtrain", "qrtrain.errors"],
+    ["qrtrain", "qrtrain.errors", "qrtrain.files"],
     ["qrtrain.config", "qrtrain.terminal", "qrtrain.events"],
     ["qrtrain.data"],
     ["qrtrain.models"],

@@ -13,6 +13,7 @@ from pathlib import Path
 from qrtrain.artifacts.verify import verify_version
 from qrtrain.artifacts.versions import versions
 from qrtrain.errors import QrtrainError
+from qrtrain.files import read_json, regular_files
 from qrtrain.terminal import table_console
 
 
@@ -21,36 +22,37 @@ def list_versions(root: Path) -> list[dict]:
     if not root.is_dir():
         raise QrtrainError(f"{root}: no such artifact root (set --root, or train first: qrtrain train)")
     rows = []
-    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    real_root = root.resolve()
+    for name_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")):
+        if real_root not in name_dir.resolve().parents:  # an artifact is a folder of this root, never a link out
+            continue
         for number in versions(name_dir):
             folder = name_dir / f"v{number}"
-            metadata = _read_json(folder / "metadata.json")
-            metrics = _read_json(folder / "training_metrics.json").get("final", {})
+            metadata, damaged = read_json(folder / "metadata.json")
+            metadata = metadata or {}
+            final = (read_json(folder / "training_metrics.json")[0] or {}).get("final")
+            metrics = final if isinstance(final, dict) else {}
             rows.append({
                 "artifact": name_dir.name,
                 "version": f"v{number}",
-                "created": metadata.get("created"),
-                "base_model": (metadata.get("base_model") or {}).get("name"),
-                "model_type": metadata.get("model_type"),
-                "strategy": metadata.get("strategy"),
-                "quantization": metadata.get("quantization"),
-                "eval_loss": metrics.get("eval_loss"),
-                "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+                "created": text(metadata.get("created")),
+                "base_model": text((metadata.get("base_model") or {}).get("name")
+                                   if isinstance(metadata.get("base_model"), dict) else None),
+                "model_type": text(metadata.get("model_type")),
+                "strategy": text(metadata.get("strategy")),
+                "quantization": text(metadata.get("quantization")),
+                "eval_loss": metrics.get("eval_loss") if isinstance(metrics.get("eval_loss"), (int, float)) else None,
+                "size_bytes": sum(p.lstat().st_size for p in regular_files(folder)),  # links not followed
                 "verified": verify_version(folder)["verified"],
                 "path": str(folder),
+                **({"metadata_problem": damaged} if damaged else {}),
             })
     return rows
 
 
-def _read_json(path: Path) -> dict:
-    """A small JSON file's object, or {}: never blocks on a pipe, never reads a huge file."""
-    try:
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > 16 << 20:
-            return {}
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def text(value) -> str | None:
+    """A string field as read from a file that may be damaged: a string, or None."""
+    return value if isinstance(value, str) else None
 
 
 def print_versions(rows: list[dict], as_json: bool) -> None:

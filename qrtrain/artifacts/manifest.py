@@ -6,21 +6,12 @@ Imports nothing heavy: `qrtrain verify` uses it.
 """
 
 import hashlib
-import json
-import os
 from pathlib import Path
+
+from qrtrain.files import sha256_file, write_json
 
 MANIFEST_NAME = "checksums.json"
 FORMAT_VERSION = 1
-CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def root_digest(files: list[dict]) -> str:
@@ -43,29 +34,3 @@ def write_manifest(folder: Path) -> dict:
     manifest = build_manifest(folder)
     write_json(Path(folder) / MANIFEST_NAME, manifest)
     return manifest
-
-
-def write_json(path: Path, data) -> None:
-    """Write JSON and flush it to disk."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def fsync_tree(folder: Path) -> None:
-    """Flush every file below a folder, and the folder itself, to disk."""
-    for path in Path(folder).rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fsync_dir(folder)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

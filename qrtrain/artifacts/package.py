@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from qrtrain import __version__
-from qrtrain.artifacts.manifest import MANIFEST_NAME, write_json, write_manifest
+from qrtrain.artifacts.manifest import MANIFEST_NAME, write_manifest
 from qrtrain.errors import QrtrainError
+from qrtrain.files import write_json
 
 FORMATS = ("bundle", "hf", "merged", "ollama")
 MERGE_TOLERANCE = 1e-3   # max |logit difference| between merged and base+adapter, float32
@@ -112,7 +113,7 @@ def verified_copy(version: Path, into: Path) -> tuple[Path, str]:
 
 def prove_copies(staging: Path, source: Path) -> None:
     """Every file a copying format (hf) wrote has the sha256 the verified manifest lists for it."""
-    from qrtrain.artifacts.manifest import sha256_file
+    from qrtrain.files import sha256_file
 
     entries = {e["path"]: e["sha256"] for e in json.loads((source / MANIFEST_NAME).read_text())["files"]}
     for path in sorted(staging.rglob("*")):

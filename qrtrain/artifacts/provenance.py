@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from qrtrain import __version__
-from qrtrain.artifacts.manifest import sha256_file
+from qrtrain.files import sha256_file
 
 
 def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path, device: str, base_digest: str,

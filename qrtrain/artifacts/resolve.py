@@ -43,7 +43,7 @@ def locate_base(metadata: dict) -> Path:
     files = base.get("files") if isinstance(base.get("files"), dict) else {}
 
     def matches(folder: Path) -> bool:
-        from qrtrain.artifacts.manifest import sha256_file
+        from qrtrain.files import sha256_file
 
         return bool(files) and (folder / "config.json").is_file() and all(
             isinstance(name, str) and "/" not in name and (folder / name).is_file()

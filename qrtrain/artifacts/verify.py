@@ -15,8 +15,9 @@ import re
 import struct
 from pathlib import Path, PurePosixPath
 
-from qrtrain.artifacts.manifest import FORMAT_VERSION, MANIFEST_NAME, root_digest, sha256_file
+from qrtrain.artifacts.manifest import FORMAT_VERSION, MANIFEST_NAME, root_digest
 from qrtrain.errors import QrtrainError
+from qrtrain.files import sha256_file
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pkl", ".pth", ".pickle", ".ckpt")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -34,7 +35,9 @@ def verify_path(path: Path, base: Path | None = None) -> list[dict]:
     if not path.exists():
         raise QrtrainError(f"{path}: no such file or folder")
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        return [verify_contents(str(path), bundle_contents(path), base)]
+        result = verify_contents(str(path), bundle_contents(path), base)
+        result.pop("metadata", None)
+        return [result]
     if path.is_dir() and (path / MANIFEST_NAME).exists():
         return [verify_version(path, base)]
     if path.is_dir():
@@ -54,7 +57,16 @@ def verify_path(path: Path, base: Path | None = None) -> list[dict]:
 
 
 def verify_version(folder: Path, base: Path | None = None) -> dict:
-    return verify_contents(str(folder), folder_contents(Path(folder)), base)
+    result = verify_contents(str(folder), folder_contents(Path(folder)), base)
+    named = Path(folder).name
+    if re.fullmatch(r"v\d+", named):  # a copy of v1 placed as v537 is not v537
+        recorded = (result.get("metadata") or {}).get("version")
+        if isinstance(recorded, str) and recorded != named:
+            result["problems"].append({"file": "metadata.json", "check": "version",
+                                       "message": f"the folder is {named} but its metadata records {recorded}"})
+            result["verified"] = False
+    result.pop("metadata", None)
+    return result
 
 
 def folder_contents(folder: Path) -> dict:
@@ -184,7 +196,8 @@ def verify_contents(label: str, contents: dict, base: Path | None = None) -> dic
     if base is not None and metadata is not None:
         check_base(Path(base), metadata, fail)
     return {"path": label, "verified": not problems, "files": len(on_disk),
-            "root_digest": manifest["root_digest"] if manifest else None, "problems": problems}
+            "root_digest": manifest["root_digest"] if manifest else None, "problems": problems,
+            "metadata": metadata if isinstance(metadata, dict) else None}
 
 
 def read_manifest(contents: dict, fail) -> dict | None:

@@ -6,7 +6,8 @@
 A version is complete or absent: it is written in a hidden temporary folder beside
 its final place, flushed, given its manifest, and renamed to v<N> under a lock, so
 two runs publishing at once get different versions. `latest` is a file naming the
-newest version.
+newest version; `.highest` holds the highest number ever given, so a deleted vN is
+never reused.
 """
 
 import fcntl
@@ -17,11 +18,13 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from qrtrain.artifacts.manifest import fsync_dir, fsync_tree, write_json, write_manifest
+from qrtrain.artifacts.manifest import write_manifest
 from qrtrain.errors import QrtrainError
+from qrtrain.files import fsync_dir, fsync_tree, read_text, write_json
 
 VERSION_RE = re.compile(r"v(\d+)")
 LATEST_NAME = "latest"
+HIGHEST_NAME = ".highest"
 
 
 def versions(name_dir: Path) -> list[int]:
@@ -65,12 +68,13 @@ def publish_version(staging: Path, metadata: dict) -> Path:
     name_dir = staging.parent
     with open(name_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        number = (versions(name_dir) or [0])[-1] + 1
+        number = max([highest_published(name_dir), *versions(name_dir)]) + 1
         write_json(staging / "metadata.json", {**metadata, "version": f"v{number}"})
         write_manifest(staging)
         fsync_tree(staging)
         final = name_dir / f"v{number}"
         os.rename(staging, final)
+        _write_small(name_dir, HIGHEST_NAME, str(number))
         _write_latest(name_dir, f"v{number}")
         fsync_dir(name_dir)
     return final
@@ -104,13 +108,29 @@ def latest_problem(name_dir: Path) -> tuple[str | None, str | None]:
     return None, text
 
 
+def highest_published(name_dir: Path) -> int:
+    """The highest version number ever published here (kept in `.highest`, under the publishing lock), so a
+    deleted vN is never given to other weights: old job records, reports and NAME/vN references stay true."""
+    text, problem = read_text(name_dir / HIGHEST_NAME, limit=32)
+    if problem == "missing":
+        return 0
+    if problem or not text.strip().isdigit():
+        raise QrtrainError(f"{name_dir / HIGHEST_NAME}: {problem or 'not a version number'}; it records the highest "
+                           "version ever published here (write the highest vN you know of into it)")
+    return int(text.strip())
+
+
 def _write_latest(name_dir: Path, version: str) -> None:
-    tmp = name_dir / f".{LATEST_NAME}.tmp"
+    _write_small(name_dir, LATEST_NAME, version)
+
+
+def _write_small(name_dir: Path, name: str, text: str) -> None:
+    tmp = name_dir / f".{name}.tmp"
     with open(tmp, "w") as f:
-        f.write(version + "\n")
+        f.write(text + "\n")
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, name_dir / LATEST_NAME)
+    os.replace(tmp, name_dir / name)
 
 
 def check_writable(root: Path) -> None:

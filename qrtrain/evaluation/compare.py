@@ -13,8 +13,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from qrtrain.artifacts.manifest import write_json
 from qrtrain.errors import QrtrainError
+from qrtrain.files import write_json
 
 SYSTEMS = ("base", "rag", "adapter", "adapter_rag")
 RECOMMEND = ["keyword_accuracy", "f1", "rougeL", "refusal_correct", "citation", "groundedness"]

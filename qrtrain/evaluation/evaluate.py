@@ -14,10 +14,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from qrtrain.artifacts.manifest import write_json
 from qrtrain.artifacts.resolve import resolve_target
 from qrtrain.data.rows import DEMO_DIR, message_text, read_rows, row_format, row_problem, to_training_row
 from qrtrain.errors import QrtrainError
+from qrtrain.files import write_json
 
 CITE_INSTRUCTION = "Answer from the sources and end with the id of the source you used, like [{example}]."
 

@@ -42,10 +42,14 @@ def load_corpus(path: Path) -> list[dict]:
 
 def chunk_documents(documents: list[dict], words: int, overlap: int) -> list[dict]:
     """Split documents on sentence ends and pack whole sentences into chunks of at most `words` words
-    (a longer sentence is a chunk of its own); consecutive chunks share `overlap` sentences."""
+    (a longer sentence, or text with no sentence end, is cut into pieces of `words` words, so no passage
+    is ever longer); consecutive chunks share `overlap` sentences."""
     chunks = []
     for document in documents:
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+", document["text"].strip()) if s]
+        sentences = []
+        for sentence in re.split(r"(?<=[.!?])\s+", document["text"].strip()):
+            tokens = sentence.split()
+            sentences += [" ".join(tokens[i:i + words]) for i in range(0, len(tokens), words)]
         start = 0
         while start < len(sentences):
             end, size = start, 0

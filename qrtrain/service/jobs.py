@@ -42,16 +42,27 @@ def command(job: dict, root: Path, folder: Path) -> list[str]:
     return [*cli, *job["args"], f"output_dir={folder / 'report'}"]  # evaluate TARGET overrides
 
 
-def start_job(db: Path, root: Path, job: dict, children: dict) -> None:
+def start_job(db: Path, root: Path, job: dict, children: dict) -> bool:
+    """Claim the queued job (atomically: a cancel that came first wins), then start its process."""
     folder = job_folder(root, job["id"])
+    if not store.claim_job(db, job["id"], started=time.time(), pid=None, folder=str(folder),
+                           attempts=job["attempts"] + 1, finished=None, exit_code=None, error=None):
+        return False
     folder.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, QRTRAIN_EVENTS=str(folder / "events.jsonl"), PYTHONUNBUFFERED="1")
-    with open(folder / "stdout.log", "ab") as out, open(folder / "stderr.log", "ab") as err:
-        process = subprocess.Popen(command(job, root, folder), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
+    events = folder / "events.jsonl"
+    if events.is_symlink() or (events.exists() and not events.is_file()):
+        events.unlink()
+    env = dict(os.environ, QRTRAIN_EVENTS=str(events), PYTHONUNBUFFERED="1")
+    try:
+        with open(folder / "stdout.log", "ab") as out, open(folder / "stderr.log", "ab") as err:
+            process = subprocess.Popen(command(job, root, folder), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                       env=env, start_new_session=True)
+    except OSError as error:
+        store.update_job(db, job["id"], status="failed", finished=time.time(), error=f"could not start: {error}")
+        return False
     children[job["id"]] = process
-    store.update_job(db, job["id"], status="running", started=time.time(), pid=process.pid, folder=str(folder),
-                     attempts=job["attempts"] + 1, finished=None, exit_code=None, error=None)
+    store.update_job(db, job["id"], pid=process.pid)
+    return True
 
 
 def is_job_process(pid: int, folder: str) -> bool:
@@ -123,25 +134,36 @@ def check_running(db: Path, children: dict) -> None:
 
 
 def start_queued(db: Path, root: Path, workers: int, children: dict) -> None:
-    running = len(store.list_jobs(db, "running"))
-    for job in store.list_jobs(db, "queued")[:max(workers - running, 0)]:
-        start_job(db, root, job, children)
+    free = workers - len(store.list_jobs(db, "running"))
+    for job in store.list_jobs(db, "queued"):
+        if free <= 0:
+            return
+        free -= start_job(db, root, job, children)
 
 
-def cancel_job(db: Path, job: dict) -> dict:
-    """Queued: cancelled at once. Running: SIGTERM to its process group; the run saves a checkpoint and exits
-    143, and the job becomes `cancelled` (resumable)."""
-    if job["status"] == "queued":
-        store.update_job(db, job["id"], only_if_status=("queued",), status="cancelled", finished=time.time(),
-                         error="cancelled before it started")
-    elif job["status"] == "running":
-        store.update_job(db, job["id"], cancel_requested=1)
-        if job["pid"] and is_job_process(job["pid"], job["folder"] or ""):
+def signal_cancelled(db: Path) -> None:
+    """Send SIGTERM, once, to each running job whose cancel was asked for (only this loop signals jobs, so a
+    cancel that arrives while a job is being started is never lost, and never sent twice)."""
+    for job in store.list_jobs(db, "running"):
+        if job["cancel_requested"] == 1 and job["pid"] and is_job_process(job["pid"], job["folder"] or ""):
             try:
                 os.killpg(job["pid"], signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    return store.get_job(db, job["id"])
+            store.update_job(db, job["id"], cancel_requested=2)
+
+
+def cancel_job(db: Path, job_id: int) -> dict | None:
+    """Queued: cancelled at once. Running: marked, and the job loop sends SIGTERM to its process group; the
+    run saves a checkpoint and exits 143, and the job becomes `cancelled` (resumable). Each step is one
+    conditional update, so a job being claimed at the same moment is either cancelled before it starts or
+    marked and signalled once it runs. None: the job had already ended."""
+    if store.update_job(db, job_id, only_if_status=("queued",), status="cancelled", finished=time.time(),
+                        error="cancelled before it started"):
+        return store.get_job(db, job_id)
+    if store.request_cancel(db, job_id):
+        return store.get_job(db, job_id)
+    return None
 
 
 def resume_job(db: Path, job: dict) -> bool:
@@ -156,6 +178,8 @@ def run_jobs(db: Path, root: Path, workers: int, stop: threading.Event) -> dict:
     adopt_after_restart(db)
     while not stop.is_set():
         check_running(db, children)
+        signal_cancelled(db)
         start_queued(db, root, workers, children)
+        signal_cancelled(db)
         stop.wait(POLL_S)
     return children

@@ -1,9 +1,14 @@
-"""`qrtrain serve`: the API token decision, then uvicorn.
+"""`qrtrain serve`: the root's lock, the API token decision, then uvicorn.
 
     qrtrain serve                                   # 127.0.0.1:8765, no token needed (QRTRAIN_API_TOKEN: required)
     QRTRAIN_API_TOKEN=secret qrtrain serve --host 0.0.0.0 --workers 2
+    qrtrain serve --trust-proxy 127.0.0.1           # behind a reverse proxy: its X-Forwarded-For is believed
+
+One service per artifact root: a second `qrtrain serve` on the same --root refuses to start (exit 2), so
+no two job loops ever share a queue.
 """
 
+import fcntl
 import os
 import secrets
 from pathlib import Path
@@ -28,7 +33,26 @@ def api_token(host: str) -> tuple[str | None, bool]:
     return secrets.token_urlsafe(24), True
 
 
-def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path]) -> None:
+def lock_root(root: Path):
+    """Hold ROOT/.service/serve.lock for the life of this process; refuse if another service holds it."""
+    folder = Path(root) / ".service"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = open(folder / "serve.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise QrtrainError(f"--root {Path(root).resolve()}: another qrtrain serve (pid {holder}) serves this root; "
+                           "stop it, or give this one another --root") from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path], trust_proxy: list[str]) -> None:
     import uvicorn
 
     from qrtrain.service.app import create_app
@@ -38,10 +62,13 @@ def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path]
             raise QrtrainError(f"--data-root {folder}: no such folder")
     check_writable(Path(root))
     token, generated = api_token(host)
-    app = create_app(Path(root), workers, token, data_roots)
+    lock = lock_root(Path(root))  # noqa: F841 (held until the process ends)
+    app = create_app(Path(root), workers, token, data_roots, loopback=host in LOCAL_HOSTS, port=port)
     shown = "localhost" if host in LOCAL_HOSTS else host
     if generated:
         say(f"API token (shown once; set QRTRAIN_API_TOKEN to choose it): {token}")
-    say(f"dashboard: http://{shown}:{port}/{'?token=' + token if token else ''}  API docs: http://{shown}:{port}/docs  "
+    link = f"?token={token}" if generated else ("?token=$QRTRAIN_API_TOKEN" if token else "")
+    say(f"dashboard: http://{shown}:{port}/{link}  API docs: http://{shown}:{port}/docs  "
         f"root: {Path(root).resolve()}, {workers} worker(s)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=bool(trust_proxy),
+                forwarded_allow_ips=",".join(trust_proxy) or None)

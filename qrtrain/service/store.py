@@ -32,7 +32,7 @@ create table if not exists jobs (
     error text,
     version text,                       -- train: the version published
     report text,                        -- evaluate, compare: the report folder
-    cancel_requested integer not null default 0,
+    cancel_requested integer not null default 0,   -- 1: asked; 2: the job loop has sent SIGTERM
     attempts integer not null default 0
 );
 """
@@ -57,7 +57,6 @@ def connect(path: Path) -> sqlite3.Connection:
 def as_dict(row) -> dict:
     job = dict(row)
     job["args"] = json.loads(job["args"])
-    job["cancel_requested"] = bool(job["cancel_requested"])
     return job
 
 
@@ -79,6 +78,20 @@ def list_jobs(path: Path, status: str | None = None) -> list[dict]:
         rows = (db.execute("select * from jobs where status = ? order by id", (status,)) if status
                 else db.execute("select * from jobs order by id")).fetchall()
     return [as_dict(row) for row in rows]
+
+
+def claim_job(path: Path, job_id: int, **fields) -> bool:
+    """Move a queued job to running, atomically: True for the one caller whose update found it still queued
+    (a cancel, or another loop, that came first wins instead)."""
+    return update_job(path, job_id, only_if_status=("queued",), status="running", **fields)
+
+
+def request_cancel(path: Path, job_id: int) -> bool:
+    """Mark a running job to be cancelled (once: a second cancel changes nothing). False if it is not running."""
+    with connect(path) as db:
+        db.execute("update jobs set cancel_requested = 1 where id = ? and status = 'running' and cancel_requested = 0",
+                    (job_id,))
+        return db.execute("select status from jobs where id = ?", (job_id,)).fetchone()[0] == "running"
 
 
 def update_job(path: Path, job_id: int, only_if_status: tuple[str, ...] | None = None, **fields) -> bool:

@@ -67,9 +67,15 @@ def fill_templates(templates: list[dict]) -> list[dict]:
             raise QrtrainError(f"synth.templates[{i}]: expected {{prompt: \"... {{slot}} ...\", slots: {{...}}}}")
         slots = template.get("slots") or {}
         try:
-            names = [field for _, field, _, _ in string.Formatter().parse(template["prompt"]) if field is not None]
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(template["prompt"]) if f is not None]
         except ValueError as error:
             raise QrtrainError(f"synth.templates[{i}].prompt: {error} (write a literal brace as {{{{ or }}}})") from None
+        for field, spec, conversion in fields:  # {a:>300000000} would build a 300 MB string: plain slots only
+            if spec or conversion or not field.isidentifier():
+                raise QrtrainError(f"synth.templates[{i}].prompt: {{{field}{'!' + conversion if conversion else ''}"
+                                   f"{':' + spec if spec else ''}}} is not a plain slot; write {{name}} (no format "
+                                   "spec, conversion, index or attribute)")
+        names = [field for field, _, _ in fields]
         unknown = sorted({n for n in names if n not in slots})
         if unknown:
             raise QrtrainError(f"synth.templates[{i}].prompt uses {', '.join('{' + n + '}' for n in unknown)}, which "

@@ -128,8 +128,8 @@ def check_settings(cfg) -> None:
 
 def load_generator(cfg):
     """(model, tokenizer, its provenance): the configured base model, with the adapter when one is given."""
-    from qrtrain.artifacts.manifest import sha256_file
     from qrtrain.artifacts.resolve import resolve_target
+    from qrtrain.files import sha256_file
     from qrtrain.models import loading as models
     from qrtrain.terminal import quiet_libraries
 
@@ -262,14 +262,15 @@ def split(kept: list[dict], eval_fraction: float, seed: int, system_prompt: str 
 
 
 def source_digest(path: Path) -> str:
-    from qrtrain.artifacts.manifest import build_manifest, sha256_file
+    from qrtrain.artifacts.manifest import build_manifest
+    from qrtrain.files import sha256_file
 
     return sha256_file(path) if path.is_file() else build_manifest(path)["root_digest"]
 
 
 def write_output(output: Path, train_rows: list, eval_rows: list, provenance: dict, overwrite: bool) -> Path:
     """Everything written into a staging folder beside the output, then renamed into place."""
-    from qrtrain.artifacts.manifest import sha256_file, write_json
+    from qrtrain.files import sha256_file, write_json
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from qrtrain.artifacts.manifest import fsync_dir, fsync_tree
 from qrtrain.errors import QrtrainError
+from qrtrain.files import fsync_dir, fsync_tree
 from qrtrain.training.extensions import save_states
 
 COMPLETE = ".complete"
@@ -230,12 +230,15 @@ class StopOnSignal(TrainerCallback):
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
+    deferred = None  # the StopOnSignal still installed after its run published (signals wait for the exit)
+
     def __init__(self):
         self.received = None
         self.previous = {}
         self.publishing = False  # while publishing, signals are only noted: the version is completed first
 
     def install(self) -> None:
+        StopOnSignal.deferred = self
         for sig in self.EXIT_CODES:
             self.previous[sig] = signal.signal(sig, self.handle)
 
@@ -258,11 +261,22 @@ class StopOnSignal(TrainerCallback):
         return self.EXIT_CODES.get(self.received)
 
 
+def refuse_deferred_signal() -> None:
+    """In a sweep, a signal that arrived after an earlier job published stops the sweep here, before this job
+    trains (exit 130/143, nothing of this job published)."""
+    earlier = StopOnSignal.deferred
+    if earlier is not None and earlier.publishing and earlier.exit_code is not None:
+        code = earlier.exit_code
+        earlier.uninstall()
+        StopOnSignal.deferred = None
+        raise QrtrainError(f"interrupted ({signal_name(earlier.received)}) after the previous job published; "
+                           "this job did not start", exit_code=code)
+
+
 def report_interrupt(where: str, code: int) -> None:
     """Say how to resume after SIGINT/SIGTERM and exit 130/143."""
-    from qrtrain.terminal import report_error
-
     from qrtrain.events import emit
+    from qrtrain.terminal import report_error
 
     overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
     message = f"interrupted: {where}; resume with: qrtrain train {' '.join(overrides)}".rstrip()

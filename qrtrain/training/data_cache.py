@@ -19,9 +19,9 @@ from importlib.metadata import version
 from pathlib import Path
 
 from qrtrain import __version__
-from qrtrain.artifacts.manifest import sha256_file
 from qrtrain.config import train_sources
 from qrtrain.data.rows import DEMO_DIR
+from qrtrain.files import sha256_file
 
 COMPLETE = ".complete"
 

@@ -6,10 +6,11 @@
 
 from pathlib import Path
 
-from qrtrain.artifacts.manifest import build_manifest, sha256_file
+from qrtrain.artifacts.manifest import build_manifest
 from qrtrain.config import train_sources
 from qrtrain.data.rows import DEMO_DIR, load_source
 from qrtrain.errors import QrtrainError
+from qrtrain.files import sha256_file
 
 
 def unify(sources: list[list[dict]]) -> list[list[dict]]:

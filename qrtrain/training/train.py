@@ -23,7 +23,6 @@ def train(cfg, run_dir: Path) -> float:
     """Train and publish one version; returns the final evaluation loss (the sweep objective)."""
     from qrtrain.config import check_config
     from qrtrain.training.datasets import check_token_lengths, hash_sources, load_datasets
-
     from qrtrain.training.memory import prefer_huge_pages
 
     prefer_huge_pages()  # before the first tensor
@@ -94,6 +93,7 @@ def train(cfg, run_dir: Path) -> float:
     from qrtrain.training.extensions import build_extensions, load_states
 
     extensions = build_extensions(cfg)
+    checkpoints.refuse_deferred_signal()  # a sweep's earlier job was signalled after it published
     stop = checkpoints.StopOnSignal()
     from qrtrain.training.trainer import build_trainer
 
@@ -139,7 +139,9 @@ def train(cfg, run_dir: Path) -> float:
         checkpoints.discard_checkpoints(list(checkpoint_dir.glob("checkpoint-*")))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     finally:
-        stop.uninstall()
+        if not stop.publishing:
+            stop.uninstall()
+        # once publishing began, signals stay deferred until the process exits: a published run exits 0
     if checkpoint_lock is not None:
         checkpoint_lock.close()
     if stop.received is not None:
@@ -157,9 +159,9 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
     """Save the adapter, tokenizer, config, metrics, metadata and model card as the next version."""
     from omegaconf import OmegaConf
 
-    from qrtrain.artifacts.manifest import sha256_file, write_json
     from qrtrain.artifacts.provenance import base_model_reference, model_card, version_metadata
     from qrtrain.artifacts.versions import publish_version, staging_folder
+    from qrtrain.files import sha256_file, write_json
     from qrtrain.training.extensions import describe as describe_extensions
 
     with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qrtrain.artifacts.manifest import sha256_file
 from qrtrain.artifacts.resolve import locate_base
+from qrtrain.files import sha256_file
 from tests.conftest import invoke
 
 HUB_ID = "qrtrain-test/tiny"

@@ -158,7 +158,7 @@ def test_the_held_out_split_is_published_and_evaluates_like_training(tmp_path):
     split = version / "eval_split.jsonl"
     assert len(split.read_text().splitlines()) == 5
     entry = next(d for d in json.loads((version / "metadata.json").read_text())["datasets"] if d["role"] == "eval-split")
-    from qrtrain.artifacts.manifest import sha256_file
+    from qrtrain.files import sha256_file
 
     assert entry["rows"] == 5 and entry["sha256"] == sha256_file(split)
     assert invoke("verify", version).exit_code == 0

@@ -3,9 +3,9 @@
 
 import pytest
 
-from qrtrain.artifacts.manifest import sha256_file
 from qrtrain.config import PACKAGE_DIR
 from qrtrain.errors import QrtrainError
+from qrtrain.files import sha256_file
 from qrtrain.models.loading import model_folder, training_chat_template
 from tests.conftest import compose_cfg
 

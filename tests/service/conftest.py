@@ -19,6 +19,24 @@ QRTRAIN = str(Path(sys.executable).parent / "qrtrain")
 TINY = ["model=tiny", "training.eval_steps=0", "training.logging_steps=1"]
 
 
+def request_body(*settings: str) -> dict:
+    """A typed request body from `section.key=value` pairs, as the dashboard builds it:
+    "training.max_steps=6" -> {"training": {"max_steps": 6}}; values are JSON where they parse."""
+    body: dict = {}
+    for pair in settings:
+        key, _, raw = pair.partition("=")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *sections, last = key.split(".")
+        node = body
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[last] = value
+    return body
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,8 +76,8 @@ class Service:
     def job(self, job_id: int) -> dict:
         return self.client.get(f"/api/jobs/{job_id}").json()
 
-    def submit(self, *overrides: str) -> dict:
-        response = self.client.post("/api/jobs", json={"overrides": [*TINY, *overrides]})
+    def submit(self, *settings: str) -> dict:
+        response = self.client.post("/api/jobs", json=request_body(*TINY, *settings))
         assert response.status_code == 201, response.text
         return response.json()
 

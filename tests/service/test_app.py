@@ -64,29 +64,29 @@ def test_events_file_in_the_run_folder_is_flushed_per_line(make_service):
     assert all(json.loads(line)["time"] > 0 for line in run_events)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["training.max_steps=-1"], "training.max_steps"),
-    (["model=nosuch"], "nosuch"),
-    (["training.max_steps=5", "+training.nosuch=1"], "not a qrtrain setting"),
-    (["artifact.root=/tmp/elsewhere"], "artifact.root"),
-    (["hydra.run.dir=/tmp/x"], "hydra"),
-    (["data.train=../../etc/passwd"], "'..' is not allowed"),
-    (["data.train=/etc/passwd"], "outside the service's data roots"),
-    (["data.train=[a.jsonl,/etc/hostname]"], "outside the service's data roots"),
-    (["training.max_steps"], "expected key=value"),
+@pytest.mark.parametrize("body, message", [
+    ({"training": {"max_steps": -1}}, "greater than or equal to 1"),
+    ({"model": "nosuch"}, "expected one of"),
+    ({"training": {"nosuch": 1}}, "Extra inputs are not permitted"),
+    ({"artifact": {"root": "/tmp/elsewhere"}}, "Extra inputs are not permitted"),
+    ({"hydra": {"run": {"dir": "/tmp/x"}}}, "Extra inputs are not permitted"),
+    ({"data": {"train": "../../etc/passwd"}}, "'..' is not allowed"),
+    ({"data": {"train": "/etc/passwd"}}, "outside the service's data roots"),
+    ({"data": {"train": ["a.jsonl", "/etc/hostname"]}}, "outside the service's data roots"),
+    ({"overrides": ["training.max_steps=5"]}, "Extra inputs are not permitted"),
 ])
-def test_bad_requests_are_refused_with_422_and_nothing_is_queued(make_service, overrides, message):
+def test_bad_requests_are_refused_with_422_and_nothing_is_queued(make_service, body, message):
     service = make_service()
-    response = service.client.post("/api/jobs", json={"overrides": ["model=tiny", *overrides]})
+    response = service.client.post("/api/jobs", json={"model": "tiny", **body})
     assert response.status_code == 422, response.text
-    assert message in response.json()["detail"]
+    assert message in json.dumps(response.json()["detail"])
     assert service.client.get("/api/jobs").json() == []
 
 
 def test_symlink_out_of_the_data_root_is_refused(make_service, tmp_path):
     service = make_service()
     (service.data / "escape.jsonl").symlink_to("/etc/hostname")
-    response = service.client.post("/api/jobs", json={"overrides": ["model=tiny", "data.train=escape.jsonl"]})
+    response = service.client.post("/api/jobs", json={"model": "tiny", "data": {"train": "escape.jsonl"}})
     assert response.status_code == 422 and "outside" in response.json()["detail"]
 
 
@@ -102,11 +102,11 @@ def test_version_names_cannot_leave_the_root(make_service):
 
 def test_oversized_and_unsized_requests_are_refused(make_service):
     service = make_service()
-    big = {"overrides": ["model=tiny"] + ["training.max_steps=2"] * 20000}
+    big = {"model": "tiny", "data": {"train": ["a.jsonl"] * 20000}}
     assert service.client.post("/api/jobs", json=big).status_code == 413
 
     def chunks():
-        yield b'{"overrides": []}'
+        yield b'{"model": "tiny"}'
 
     assert service.client.post("/api/jobs", content=chunks(), headers={"content-type": "application/json"}
                                ).status_code == 411
@@ -146,7 +146,7 @@ def test_changes_are_audited_and_latest_is_protected(make_service):
     assert service.client.delete("/api/models/audited/v1").json() == {"deleted": "audited/v1", "latest": "v2"}
     assert service.client.delete("/api/models/audited/v2", params={"force": "true"}).json()["latest"] is None
     assert service.client.get("/api/models").json() == []
-    assert service.client.post("/api/jobs", json={"overrides": ["training.max_steps=0"]}).status_code == 422
+    assert service.client.post("/api/jobs", json={"training": {"max_steps": 0}}).status_code == 422
 
     audit = [json.loads(line) for line in (service.root / ".service" / "audit.jsonl").read_text().splitlines()]
     assert [(a["method"], a["endpoint"], a["status"]) for a in audit] == [

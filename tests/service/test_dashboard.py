@@ -66,7 +66,7 @@ def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_servic
 
     # an evaluation job started through the API: its report's chart appears on the page
     evaluation = service.client.post("/api/evaluations", json={"target": "from-the-page/v1",
-                                                               "overrides": ["generation.max_new_tokens=8"]})
+                                                               "generation": {"max_new_tokens": 8}})
     assert evaluation.status_code == 201, evaluation.text
     wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#reports canvas"))
     bars = browser.execute_script("const chart = Chart.getChart(document.querySelector('#reports canvas'));"

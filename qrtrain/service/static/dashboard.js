@@ -45,19 +45,36 @@ async function loadOptions() {
   $("select[name=quantization]").value = "none";
 }
 
+// "training.batch_size=4 lora.r=8" -> {training: {batch_size: 4}, lora: {r: 8}}: the request is typed JSON,
+// checked by the service's schema (unknown keys are refused), never Hydra text.
+function settings(text) {
+  const body = {};
+  for (const pair of text.split(/\s+/).filter(Boolean)) {
+    const [key, ...rest] = pair.split("=");
+    const raw = rest.join("=");
+    const value = raw === "true" ? true : raw === "false" ? false : raw === "null" ? null
+      : raw !== "" && !Number.isNaN(Number(raw)) ? Number(raw) : raw;
+    const path = key.split(".");
+    let node = body;
+    for (const part of path.slice(0, -1)) node = node[part] ??= {};
+    node[path[path.length - 1]] = value;
+  }
+  return body;
+}
+
 async function startJob(event) {
   event.preventDefault();
   const form = new FormData(event.target);
-  const overrides = ["model", "model_type", "strategy", "quantization"].map((g) => `${g}=${form.get(g)}`);
+  const body = settings(form.get("extra"));
+  for (const group of ["model", "model_type", "strategy", "quantization"]) body[group] = form.get(group);
   const extensions = form.getAll("extension");
-  if (extensions.length) overrides.push(`extensions=[${extensions.join(",")}]`);
-  if (form.get("data")) overrides.push(`data.train=${form.get("data")}`);
-  if (form.get("steps")) overrides.push(`training.max_steps=${form.get("steps")}`);
-  overrides.push(...form.get("extra").split(/\s+/).filter(Boolean));
+  if (extensions.length) body.extensions = Object.fromEntries(extensions.map((name) => [name, {}]));
+  if (form.get("data")) (body.data ??= {}).train = form.get("data");
+  if (form.get("steps")) (body.training ??= {}).max_steps = Number(form.get("steps"));
   $("#form-error").textContent = "";
   try {
     await api("/api/jobs", {method: "POST", headers: {"content-type": "application/json"},
-                            body: JSON.stringify({overrides})});
+                            body: JSON.stringify(body)});
     refreshJobs();
   } catch (error) {
     $("#form-error").textContent = error.message;
