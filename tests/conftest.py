@@ -46,6 +46,16 @@ def events_go_nowhere():
     events._paths.clear()
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """A published in-process run keeps its signal handlers until the process exits (signals are deferred
+    to a 0 exit); in tests the process goes on, so each test hands back the handlers it found."""
+    yield
+    from qrtrain.training.checkpoints import forget_deferred_signal
+
+    forget_deferred_signal()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):
     """Tests build the tiny model into their own cache; the default model keeps the user's cache."""

@@ -31,7 +31,8 @@ class IsPath:
 RequestPath = Annotated[str, StringConstraints(pattern=PATH_PATTERN), Field(json_schema_extra={"format": PATH}), IsPath()]
 ModuleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.]{0,99}$")]
 VersionRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}(/v[1-9][0-9]{0,8})?$")]
-Scalar = bool | int | float | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._ -]{0,100}$")]
+Scalar = (bool | Annotated[int, Field(ge=-10**9, le=10**9)] | Annotated[float, Field(ge=-1e9, le=1e9)]
+          | Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._ -]{0,100}$")])
 AutoOrBool = Literal["auto"] | bool
 
 

@@ -261,6 +261,13 @@ class StopOnSignal(TrainerCallback):
         return self.EXIT_CODES.get(self.received)
 
 
+def forget_deferred_signal() -> None:
+    """A new command in this process (the CLI runs one; tests run many) starts with the handlers it found."""
+    if StopOnSignal.deferred is not None:
+        StopOnSignal.deferred.uninstall()
+        StopOnSignal.deferred = None
+
+
 def refuse_deferred_signal() -> None:
     """In a sweep, a signal that arrived after an earlier job published stops the sweep here, before this job
     trains (exit 130/143, nothing of this job published)."""

@@ -95,7 +95,9 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         gradient_checkpointing=False,  # qrtrain.training.memory decides and applies it, layer by layer
         use_liger_kernel=use_liger_kernel(t.liger_kernel, device),
         logging_nan_inf_filter=False,  # its isnan check reads the loss on the host every step
-        assistant_only_loss=cfg.model_type.name in ("dialogue", "multimodal"),
+        # A prepared set (the data cache) carries its labels, assistant-only already; TRL's check that the data is
+        # conversational would look at the prepared (packed: input_ids only) rows and refuse them.
+        assistant_only_loss=cfg.model_type.name in ("dialogue", "multimodal") and not prepared,
         max_length=None if cfg.model_type.name == "multimodal" else t.max_length,  # image tokens must not be cut
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
