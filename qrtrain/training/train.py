@@ -33,10 +33,18 @@ def train(cfg, run_dir: Path) -> float:
     quiet_libraries()
     from transformers import set_seed
 
-    from qrtrain.models.loading import compute_dtype, load_model, load_tokenizer, model_folder, resolve_device
+    from qrtrain.models.loading import (
+        compute_dtype,
+        load_model,
+        load_tokenizer,
+        model_folder,
+        name_the_base,
+        resolve_device,
+    )
     from qrtrain.training import checkpoints, data_cache
 
     folder = model_folder(cfg.model)
+    name_the_base(cfg.model, folder)  # model.path: named from what was loaded (and artifact.name with it)
     tokenizer = load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
     data_key = data_cache.cache_key(cfg, tokenizer)
     cached = data_cache.load(data_key)  # the same data, tokenizer and settings prepared before: no re-reading
