@@ -195,6 +195,21 @@ def unknown_keys(cfg) -> list[str]:
     return found
 
 
+def name_for_data(cfg) -> None:
+    """The default artifact name keeps data apart: with data.train set and artifact.name left at its default
+    (`<model>-<model_type>`, the demo's), a run publishes to `<model>-<data file stem>-<model_type>`, so a new
+    file never becomes the next version of the demo's artifact (or of another file's)."""
+    from omegaconf import OmegaConf, open_dict
+
+    sources = train_sources(cfg)
+    if not sources or not OmegaConf.is_interpolation(cfg.artifact, "name"):
+        return
+    stem = re.sub(r"[^a-z0-9._-]+", "-", Path(sources[0]).stem.lower()).strip("-.") or "data"
+    stem = stem[:40] + (f"-and-{len(sources) - 1}-more" if len(sources) > 1 else "")
+    with open_dict(cfg):
+        cfg.artifact.name = f"{cfg.model.name}-{stem}-{cfg.model_type.name}"[:100].rstrip("-.")
+
+
 def train_sources(cfg) -> list[str]:
     """data.train as a list of paths ([] means the shipped demo)."""
     value = cfg.data.train

@@ -42,12 +42,27 @@ def list_versions(root: Path) -> list[dict]:
                 "strategy": text(metadata.get("strategy")),
                 "quantization": text(metadata.get("quantization")),
                 "eval_loss": metrics.get("eval_loss") if isinstance(metrics.get("eval_loss"), (int, float)) else None,
+                "data": data_summary(metadata.get("datasets")),
                 "size_bytes": sum(p.lstat().st_size for p in regular_files(folder)),  # links not followed
                 "verified": verify_version(folder)["verified"],
                 "path": str(folder),
                 **({"metadata_problem": damaged} if damaged else {}),
             })
     return rows
+
+
+def data_summary(datasets) -> list[dict]:
+    """What a version was trained and evaluated on: each source's role, file name, rows and digest."""
+    if not isinstance(datasets, list):
+        return []
+    return [{"role": text(d.get("role")), "source": Path(d["path"]).name if isinstance(d.get("path"), str) else None,
+             "rows": d.get("rows") if isinstance(d.get("rows"), int) else None,
+             "sha256": text(d.get("sha256"))} for d in datasets if isinstance(d, dict)]
+
+
+def data_line(data: list[dict]) -> str:
+    """train qa_train.jsonl 80 rows 5d0b7422, eval qa_heldout.jsonl 26 rows 72bd9d3e"""
+    return ", ".join(f"{d['role']} {d['source']} {d['rows']} rows {(d['sha256'] or '?')[:8]}" for d in data) or "?"
 
 
 def text(value) -> str | None:
@@ -62,11 +77,12 @@ def print_versions(rows: list[dict], as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="qrtrain artifacts", title_justify="left")
-    for column in ("artifact", "version", "created", "base model", "type/strategy/quant", "eval loss", "size", "verified"):
+    for column in ("artifact", "version", "created", "base model", "type/strategy/quant", "data", "eval loss", "size",
+                   "verified"):
         table.add_column(column)
     for r in rows:
         table.add_row(r["artifact"], r["version"], r["created"] or "?", r["base_model"] or "?",
-                      f"{r['model_type']}/{r['strategy']}/{r['quantization']}",
+                      f"{r['model_type']}/{r['strategy']}/{r['quantization']}", data_line(r["data"]),
                       f"{r['eval_loss']:.4f}" if isinstance(r["eval_loss"], (int, float)) else "-",
                       f"{r['size_bytes'] / 1e6:.1f} MB", "[green]yes[/]" if r["verified"] else "[red]NO[/]")
     table_console().print(table if rows else "no artifacts yet")

@@ -41,7 +41,7 @@ def resolve_adapters(cfg) -> list[Path]:
 def compare(overrides: list[str]) -> Path:
     from qrtrain.artifacts.resolve import resolve_target
     from qrtrain.config import compose
-    from qrtrain.evaluation.evaluate import suite_items, with_context
+    from qrtrain.evaluation.evaluate import suite_items, suite_name, trained_as, with_context
 
     cfg = compose(overrides, config_name="compare")
     systems = list(cfg.systems)
@@ -75,15 +75,22 @@ def compare(overrides: list[str]) -> Path:
     model = models.load_model_for_inference(base_folder, device, dtype)
     say(f"comparing {', '.join(systems)} on {len(items)} items; base {base_folder}")
 
-    def run(name: str, tokenizer, use_retrieval: bool, extra: dict) -> dict:
-        passages = retrieved if use_retrieval else [[] for _ in items]
-        prompts = [with_context(i["prompt"], p) for i, p in zip(items, passages)]
-        limit = generation.answer_limit(cfg.generation.max_new_tokens, tokenizer, [i["reference"] for i in items if i["reference"]])
+    def run(name: str, tokenizer, use_retrieval: bool, extra: dict, trained: dict | None = None) -> dict:
+        """One system on the suite; an adapter is prompted exactly as `qrtrain evaluate` prompts it (the format
+        it was trained with), so its answers here are evaluate's answers."""
+        trained = trained or trained_as(None)
+        shown = items if trained["prompt_format"] == "chat" else suite_items(cfg, trained["model_type"],
+                                                                             trained["prompt_format"])
+        passages = retrieved if use_retrieval else [i["context"] for i in shown]
+        prompts = [with_context(i["prompt"], p) for i, p in zip(shown, passages)]
+        limit = generation.answer_limit(cfg.generation.max_new_tokens, tokenizer, [i["reference"] for i in shown if i["reference"]])
         answers = generation.generate_answers(model, tokenizer, prompts, cfg.generation.batch_size, limit,
                                               cfg.generation.seed)
-        aggregate, rows = score(items, answers, passages)
-        say(f"{name}: keyword accuracy {aggregate.get('keyword_accuracy', {}).get('mean')}")
-        return {"system": name, **extra, "metrics": aggregate, "items": rows}
+        aggregate, rows = score(shown, answers, passages)
+        say(f"{name}: keyword accuracy {aggregate.get('keyword_accuracy', {}).get('mean')} "
+            f"(prompts as trained: {trained['prompt_format']})")
+        return {"system": name, **extra, "prompt_format": trained["prompt_format"], "max_new_tokens": limit,
+                "metrics": aggregate, "items": rows}
 
     results = []
     base_tokenizer = models.load_chat_tokenizer(base_folder)
@@ -101,11 +108,11 @@ def compare(overrides: list[str]) -> Path:
         for system, use_retrieval in (("adapter", False), ("adapter_rag", True)):
             if system in systems:
                 results.append(run(label + ("+rag" if use_retrieval else ""), tokenizer, use_retrieval,
-                                   {"adapter": str(adapter), "training_cost": cost}))
+                                   {"adapter": str(adapter), "training_cost": cost}, trained_as(adapter)))
         model = peft_model.unload()
 
     comparison = {"created": datetime.now().isoformat(timespec="seconds"), "base_model": str(base_folder),
-                  "suite": cfg.evaluation.name, "retrieval": dict(cfg.retrieval), "systems": results,
+                  "suite": suite_name(cfg), "retrieval": dict(cfg.retrieval), "systems": results,
                   "recommendations": recommendations(results)}
     folder = _output_folder(cfg)
     write_json(folder / "comparison.json", comparison)
@@ -113,7 +120,7 @@ def compare(overrides: list[str]) -> Path:
 
     (folder / "comparison.md").write_text(comparison_markdown(comparison, items), encoding="utf-8")
     report.metrics_chart({r["system"]: r["metrics"] for r in results}, folder / "comparison.png",
-                         title=f"{cfg.evaluation.name}: systems compared")
+                         title=f"{suite_name(cfg)}: systems compared")
     print_comparison(comparison)
     say(f"comparison: {folder}")
     return folder
@@ -165,7 +172,9 @@ def comparison_markdown(comparison: dict, items: list[dict]) -> str:
     metrics = [m for m in RATE_METRICS + ["bleu", "chrf", "latency_p50_s", "latency_p95_s", "tokens_per_s"]
                if any(m in s["metrics"] for s in systems)]
     lines = [f"# Comparison on `{comparison['suite']}`", "", f"Base model `{comparison['base_model']}`, "
-             f"{comparison['created']}.", "", "| metric | " + " | ".join(s["system"] for s in systems) + " |",
+             f"{comparison['created']}. Prompts as each system was trained: "
+             + ", ".join(f"{s['system']} {s.get('prompt_format', 'chat')}" for s in systems) + ".",
+             "", "| metric | " + " | ".join(s["system"] for s in systems) + " |",
              "| --- |" + " --- |" * len(systems)]
     lines += [f"| {m} | " + " | ".join(fmt_metric(s["metrics"][m]) if m in s["metrics"] else "-" for s in systems) + " |"
               for m in metrics]

@@ -32,7 +32,7 @@ def cache_dir() -> Path:
 def model_folder(model_cfg) -> Path:
     """The local folder (config, safetensors, tokenizer) for the configured base model."""
     if model_cfg.get("path"):
-        return _user_model_folder(str(model_cfg.path))
+        return user_model_folder(str(model_cfg.path))
     if model_cfg.source == "gguf":
         gguf = gguf_path(model_cfg)
         key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}".encode()).hexdigest()[:12]
@@ -100,7 +100,7 @@ def gguf_path(model_cfg) -> Path:
     return path
 
 
-def _user_model_folder(path: str) -> Path:
+def user_model_folder(path: str) -> Path:
     folder = Path(path).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():

@@ -3,7 +3,8 @@
     qrtrain synth filter.groundedness=0.5 filter.duplicate_similarity=0.95
 
 Rules, in order: `empty` (no question or answer), `truncated` (the answer hit max_new_tokens before its end; filter.drop_truncated),
-`refusal` (refusals and assistant boilerplate), `not_a_question` (documents: a generated question that does
+`refusal` (refusals and assistant boilerplate), `meta_text` (text about the question or answer instead of
+the content: "The question would be: ...", "Answer: ...", "According to the passage, ..."), `not_a_question` (documents: a generated question that does
 not end with '?', or that talks about "the answer" instead of asking; filter.require_question), `length` (answer words outside [min_words, max_words]),
 `invalid_json` (a template with expect_json whose answer does not parse), `ungrounded` (documents: fewer
 than `groundedness` of the answer's content words appear in its passage), `duplicate` (a question whose
@@ -17,6 +18,20 @@ REFUSAL = re.compile(
     r"\b(i('| a)m sorry|i apologi[sz]e|as an ai|as a language model|i can(no|')t (help|answer|provide)|"
     r"i (do not|don't) (know|have (access|information))|i('| a)m (not able|unable) to|"
     r"the passage does not (say|mention|contain)|sure[,!] here|here is (a|the) (question|answer))\b", re.IGNORECASE)
+# Text about the question or the answer instead of the content: a generator that announces ("The question
+# would be: ...?"), labels ("Answer: ...") or points at its source ("What does the passage say about ...?").
+META_TEXT = re.compile(
+    r"^\W*((the|a|one|my|possible|good|sample|example) )?(question|q)( (would|could|might) be| is)?\s*[:\-]"
+    r"|\b(the|a|one|my|possible|good) (question|query) (would|could|might) be\b"
+    r"|\bhere('s| is) (a|the|my|one) (possible |good )?(question|answer)\b"
+    r"|^\W*((the|a|my) )?((possible|correct|right|best) )?answer( to (the|this|your|that) question)?"
+    r"( (would|could|might) be| is)?\s*[:\-]"
+    r"|\bthe (correct |right |best )?answer to (the|this|your|that) question (would be|is|could be)\b"
+    r"|\b(the|this|that) (question|answer) (asks|is asking|refers to|would be)\b"
+    r"|\b(what|how|which) does (the|this) (passage|text|context|document) (say|state|mention|tell)\b"
+    r"|\baccording to (the|this) (passage|text|context|document)\b"
+    r"|\bbased on (the|this) (passage|text|context|document)\b",
+    re.IGNORECASE)
 STOPWORDS = set("""a an the of in on at to for from by with and or but is are was were be been being it its this that
 these those which who whom what when where why how as than then so such not no do does did has have had i you he she
 we they them his her their our your my me there here also very can could would should may might will shall one""".split())
@@ -44,6 +59,8 @@ def sample_problem(sample: dict, rules) -> str | None:
         return "truncated"
     if REFUSAL.search(answer) or REFUSAL.search(question):
         return "refusal"
+    if META_TEXT.search(question) or META_TEXT.search(answer):
+        return "meta_text"
     if rules.require_question and sample.get("passage") is not None and (
             not question.endswith("?") or "answer" in question.lower()):
         return "not_a_question"
@@ -82,8 +99,8 @@ def near_duplicates(questions: list[str], threshold: float) -> list[bool]:
 
 def apply_filter(samples: list[dict], rules) -> tuple[list[dict], dict]:
     """(kept samples, {reason: dropped count}); every rule's count is present, zero or not."""
-    dropped = {reason: 0 for reason in ("empty", "truncated", "refusal", "not_a_question", "length", "invalid_json",
-                                        "ungrounded", "duplicate")}
+    dropped = {reason: 0 for reason in ("empty", "truncated", "refusal", "meta_text", "not_a_question", "length",
+                                        "invalid_json", "ungrounded", "duplicate")}
     passing = []
     for sample in samples:
         problem = sample_problem(sample, rules)

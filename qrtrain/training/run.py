@@ -63,6 +63,20 @@ def check_before_hydra(overrides: list[str]) -> None:
     except QrtrainError:
         return  # Hydra reports what it cannot compose, in its own words, as a usage error
     check_config(cfg)
+    check_inputs_exist(cfg)
+
+
+def check_inputs_exist(cfg) -> None:
+    """Missing data files and model folders are said within a second or two, before anything heavy is
+    imported or loaded (an uncached Hub id too: the Hugging Face cache is only looked up)."""
+    from qrtrain.config import train_sources
+    from qrtrain.models.loading import user_model_folder
+
+    for key, source in [("data.train", s) for s in train_sources(cfg)] + [("data.eval", cfg.data.eval)]:
+        if source is not None and not Path(source).exists():
+            raise QrtrainError(f"{key}={source}: no such data file or folder (from {Path.cwd()}); check the path")
+    if cfg.model.get("path"):
+        user_model_folder(str(cfg.model.path))
 
 
 def check_override_syntax(overrides: list[str]) -> None:

@@ -21,7 +21,7 @@ from qrtrain.terminal import quiet_libraries, say
 
 def train(cfg, run_dir: Path) -> float:
     """Train and publish one version; returns the final evaluation loss (the sweep objective)."""
-    from qrtrain.config import check_config
+    from qrtrain.config import check_config, name_for_data
     from qrtrain.training.datasets import check_token_lengths, hash_sources, load_datasets
     from qrtrain.training.memory import prefer_huge_pages
 
@@ -45,6 +45,7 @@ def train(cfg, run_dir: Path) -> float:
 
     folder = model_folder(cfg.model)
     name_the_base(cfg.model, folder)  # model.path: named from what was loaded (and artifact.name with it)
+    name_for_data(cfg)  # user data: its own artifact, not the next version of the demo's
     tokenizer = load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
     data_key = data_cache.cache_key(cfg, tokenizer)
     cached = data_cache.load(data_key)  # the same data, tokenizer and settings prepared before: no re-reading

@@ -142,6 +142,18 @@ def test_an_adapter_trained_on_alpaca_is_evaluated_with_the_alpaca_prompt(tmp_pa
     assert report["prompt_format"] == "alpaca" and report["suite"] == "alpaca"  # labelled by its file, not "demo"
     assert report["metrics"]["loss"]["mean"] is not None
 
+    # compare presents the adapter exactly as evaluate does: the same prompts, so the same greedy answers
+    result = invoke("compare", "model=tiny", "systems=[base,adapter]", f"adapters=[{version}]",
+                    f"evaluation.questions={data}", f"output_dir={tmp_path / 'c'}")
+    assert result.exit_code == 0, result.output
+    comparison = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert comparison["suite"] == "alpaca"
+    base, adapter = comparison["systems"]
+    assert base["prompt_format"] == "chat" and adapter["prompt_format"] == "alpaca"
+    assert adapter["max_new_tokens"] == report["max_new_tokens"]
+    assert [i["answer"] for i in adapter["items"]] == [i["answer"] for i in report["items"]]
+    assert "s/v1 alpaca" in (tmp_path / "c" / "comparison.md").read_text()
+
 
 def test_the_held_out_split_is_published_and_evaluates_like_training(tmp_path):
     """data.eval_fraction's examples travel in the version (eval_split.jsonl, hashed in metadata.json);

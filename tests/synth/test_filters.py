@@ -21,6 +21,19 @@ GOOD = {"question": "What is the capital of Veloria?", "answer": "The capital of
     ({"stopped": False}, "truncated"),
     ({"answer": "I'm sorry, but I cannot answer that question."}, "refusal"),
     ({"answer": "As an AI language model, Quillhaven is the capital."}, "refusal"),
+    # meta-text, one case per phrasing family: announcing the question, labelling it, announcing or labelling
+    # the answer, talking about what the question asks, pointing at the passage instead of asking about it
+    ({"question": "The question would be: what is the capital of Veloria?"}, "meta_text"),
+    ({"question": "A good question would be what the capital of Veloria is?"}, "meta_text"),
+    ({"question": "Question: What is the capital of Veloria?"}, "meta_text"),
+    ({"question": "Here's a question: what is the capital of Veloria?"}, "meta_text"),
+    ({"answer": "The answer to the question would be: Quillhaven is the capital of Veloria."}, "meta_text"),
+    ({"answer": "Answer: the capital of Veloria is Quillhaven."}, "meta_text"),
+    ({"answer": "The correct answer is: the capital of Veloria is Quillhaven."}, "meta_text"),
+    ({"answer": "This question asks about the capital of Veloria, Quillhaven."}, "meta_text"),
+    ({"question": "What does the passage say about the capital of Veloria?"}, "meta_text"),
+    ({"answer": "According to the passage, the capital of Veloria is Quillhaven."}, "meta_text"),
+    ({"answer": "Based on the text, the capital of Veloria is Quillhaven."}, "meta_text"),
     ({"question": "The capital of Veloria is Quillhaven."}, "not_a_question"),
     ({"question": "What is the answer to this: the capital?"}, "not_a_question"),
     ({"answer": "Quillhaven."}, "length"),
@@ -52,5 +65,16 @@ def test_near_duplicate_questions_are_dropped_and_counted():
                {**GOOD, "answer": "Sorry, I'm sorry."}]
     kept, dropped = apply_filter(samples, RULES)
     assert [s["question"] for s in kept] == [GOOD["question"], "How long is the Marrow river?"]
-    assert dropped == {"empty": 0, "truncated": 0, "refusal": 1, "not_a_question": 0, "length": 0,
+    assert dropped == {"empty": 0, "truncated": 0, "refusal": 1, "meta_text": 0, "not_a_question": 0, "length": 0,
                        "invalid_json": 0, "ungrounded": 0, "duplicate": 1}
+
+
+@pytest.mark.parametrize("question, answer", [
+    ("Which question did the council of Quillhaven answer in 1802?", "It answered the question of the river tolls."),
+    ("What is the answer key of the Veloria exam called?", "The answer key is called the Marrow sheet."),
+    ("How long is the Marrow river?", "The Marrow runs 412 kilometres, the longest river of Veloria."),
+])
+def test_content_that_mentions_questions_or_answers_is_kept(question, answer):
+    passage = PASSAGE + " " + answer
+    assert sample_problem({**GOOD, "question": question, "answer": answer, "passage": passage},
+                          OmegaConf.merge(RULES, {"require_question": False})) is None

@@ -55,7 +55,7 @@ def test_documents_mode_writes_data_that_train_accepts_with_provenance(tmp_path,
     trained = invoke("train", "model=tiny", "training.max_steps=2", f"data.train={out / 'train.jsonl'}",
                      f"data.eval={out / 'eval.jsonl'}", f"artifact.root={tmp_path / 'outputs'}")
     assert trained.exit_code == 0, trained.output
-    metadata = json.loads((tmp_path / "outputs" / "tiny-dialogue" / "v1" / "metadata.json").read_text())
+    metadata = json.loads((tmp_path / "outputs" / "tiny-train-dialogue" / "v1" / "metadata.json").read_text())
     train_source = next(d for d in metadata["datasets"] if d["role"] == "train")
     assert train_source["synth_provenance"]["outputs"]["train.jsonl"] == train_source["sha256"]
 

@@ -159,3 +159,26 @@ def test_bf16_lora_inputs_stay_bf16_and_train_alike(tiny_folder):
     for name in cast_grads:
         scale = cast_grads[name].abs().max().item() + 1e-6
         assert (cast_grads[name] - kept_grads[name]).abs().max().item() / scale < 5e-2, name
+
+
+def test_training_on_a_new_file_publishes_its_own_artifact_and_list_shows_its_data(tmp_path):
+    """The default artifact.name keeps data apart: the demo's artifact does not get the new file's version."""
+    import json
+
+    from tests.conftest import invoke
+
+    root = tmp_path / "out"
+    data = tmp_path / "Harbour Notes.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Tide {i}?"},
+                                                    {"role": "assistant", "content": f"Tide {i} is high."}]}) + "\n"
+                            for i in range(12)))
+    common = ["model=tiny", "training.max_steps=1", "training.eval_steps=0", f"artifact.root={root}"]
+    assert invoke("train", *common).exit_code == 0
+    assert invoke("train", *common, f"data.train={data}").exit_code == 0
+    assert sorted(str(p.relative_to(root)) for p in root.glob("*/v*")) == [
+        "tiny-dialogue/v1", "tiny-harbour-notes-dialogue/v1"]
+    rows = {r["artifact"]: r for r in json.loads(invoke("list", "--root", root, "--json").output)}
+    train = next(d for d in rows["tiny-harbour-notes-dialogue"]["data"] if d["role"] == "train")
+    assert train["source"] == "Harbour Notes.jsonl" and train["rows"] == 12 and len(train["sha256"]) == 64
+    assert "harbour" not in json.dumps(rows["tiny-dialogue"]["data"]).lower()
+    assert "Harbour Notes.jsonl" in invoke("list", "--root", root).output

@@ -122,7 +122,7 @@ def test_logging_at_the_end_of_an_epoch_with_a_partial_last_batch(tmp_path, mode
                     "training.max_steps=6", "training.logging_steps=3", "training.eval_steps=0",
                     f"artifact.root={tmp_path / 'out'}")
     assert result.exit_code == 0, result.output
-    history = json.loads((tmp_path / "out" / "tiny-dialogue" / "v1" / "training_metrics.json").read_text())["history"]
+    history = json.loads((tmp_path / "out" / f"tiny-{data.stem}-dialogue" / "v1" / "training_metrics.json").read_text())["history"]
     logged = [h for h in history if "loss" in h]
     assert [h["step"] for h in logged] == [3, 6] and all(0 <= h["mean_token_accuracy"] <= 1 for h in logged)
     assert 0 < logged[0]["num_tokens"] < logged[1]["num_tokens"]

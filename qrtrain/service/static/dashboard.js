@@ -151,12 +151,15 @@ async function refreshRegistry() {
     row.dataset.version = `${v.artifact}/${v.version}`;
     cell(row, v.artifact); cell(row, v.version); cell(row, v.created); cell(row, v.base_model);
     cell(row, v.model_type); cell(row, v.quantization);
+    cell(row, (v.data || []).map((d) => `${d.role} ${d.source} (${d.rows} rows, ${(d.sha256 || "?").slice(0, 8)})`)
+      .join(", "));
     cell(row, v.eval_loss != null ? v.eval_loss.toFixed(4) : "");
     cell(row, `${(v.size_bytes / 2 ** 20).toFixed(1)} MB`);
     cell(row, v.verified ? "verified" : "FAILED", v.verified ? "ok" : "bad");
     cell(row, button("verify", async (e) => {
       const result = await api(`/api/models/${v.artifact}/${v.version}/verify`, {method: "POST"});
-      e.target.textContent = result.verified ? "verified ✓" : `failed: ${result.problems.join("; ")}`;
+      e.target.textContent = result.verified ? "verified ✓"
+        : `failed: ${result.problems.map((p) => `${p.file}: ${p.message}`).join("; ")}`;
     }));
   }
 }
