@@ -102,7 +102,7 @@ def synth(ctx: typer.Context) -> None:
 def package_artifact(
     target: Path = typer.Argument(..., help="An artifact version (outputs/NAME/v1) or artifact (its latest version)."),
     fmt: str = typer.Option(..., "--format", help="bundle | hf | merged | ollama"),
-    output: Path = typer.Option(None, "--output", help="Where to write; default ./NAME-vN-FORMAT[.tar.gz]."),
+    output: Path = typer.Option(None, "--output", help="Where to write; default ROOT/packages/NAME-vN-FORMAT[.tar.gz] beside the artifact."),
     base: Path = typer.Option(None, "--base", help="The base model folder (default: the one in metadata.json)."),
 ) -> None:
     """Package a verified version: a bundle, a Hub folder, a merged model or an Ollama adapter."""
@@ -151,12 +151,21 @@ def verify(
 def list_artifacts(
     root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="List the checkpoints of unfinished trainings."),
+    clean: bool = typer.Option(False, "--clean-checkpoints", help="Delete the checkpoints no live run holds."),
 ) -> None:
-    """List artifacts and versions: created, base model, settings, eval loss, size, verified."""
-    from qrtrain.artifacts.listing import list_versions, print_versions
+    """List artifacts and versions: created, base model, settings, data, eval loss, size, verified."""
+    from qrtrain.artifacts import listing
 
     try:
-        print_versions(list_versions(root), as_json)
+        if clean:
+            removed = listing.remove_checkpoints(listing.checkpoint_folders(root))
+            typer.echo(f"removed {len(removed)} checkpoint folder(s), "
+                       f"{sum(r['size_bytes'] for r in removed) / 1e6:.1f} MB")
+        elif checkpoints:
+            listing.print_checkpoints(listing.checkpoint_folders(root), as_json)
+        else:
+            listing.print_versions(listing.list_versions(root), as_json)
     except QrtrainError as error:
         fail(error)
 

@@ -28,6 +28,9 @@ def test_train_writes_its_events_into_the_run_folder(tmp_path, model_cache):
     assert all(e["total_steps"] == 4 for e in training)
     logged = [e for e in training if e.get("loss") is not None]
     assert logged and all(e["learning_rate"] is not None and e["tokens_per_s"] > 0 for e in logged)
+    # each loss names the step it was logged at: one loss per logging step, no staircase of repeats
+    assert sorted({e["loss_step"] for e in logged}) == [2, 4]
+    assert len({e["loss"] for e in logged if e["loss_step"] == 2}) == 1
     assert training[-1]["eta_s"] == 0
     assert events[-1]["version"] == str(tmp_path / "tiny-dialogue" / "v1")
     assert all(a["time"] <= b["time"] for a, b in zip(events, events[1:]))

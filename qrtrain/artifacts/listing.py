@@ -51,6 +51,60 @@ def list_versions(root: Path) -> list[dict]:
     return rows
 
 
+def checkpoint_folders(root: Path) -> list[dict]:
+    """The checkpoints of unfinished trainings under ROOT/.checkpoints: one folder per training (artifact name
+    and config digest), with its newest complete step, size, age and whether a live run holds it."""
+    import fcntl
+    import re
+    import time
+
+    folders = Path(root) / ".checkpoints"
+    rows = []
+    for folder in sorted(p for p in folders.iterdir() if p.is_dir() and not p.is_symlink()) if folders.is_dir() else []:
+        match = re.fullmatch(r"(.+)-([0-9a-f]{12})(-\d+)?", folder.name)
+        steps = sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*")
+                       if p.name.split("-")[1].isdigit() and (p / ".complete").is_file())
+        in_use = False
+        if (folder / ".lock").is_file():
+            with open(folder / ".lock", "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    in_use = True
+        rows.append({"folder": str(folder), "artifact": match.group(1) if match else folder.name,
+                     "newest_step": steps[-1] if steps else None,
+                     "size_bytes": sum(p.lstat().st_size for p in regular_files(folder)),
+                     "age_hours": round((time.time() - folder.stat().st_mtime) / 3600, 1), "in_use": in_use})
+    return rows
+
+
+def print_checkpoints(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="checkpoints of unfinished trainings (resume: run the same command; "
+                        "remove: qrtrain list --clean-checkpoints)", title_justify="left")
+    for column in ("artifact", "newest step", "size", "age", "in use", "folder"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["artifact"], str(r["newest_step"] or "-"), f"{r['size_bytes'] / 1e6:.1f} MB",
+                      f"{r['age_hours']} h", "yes" if r["in_use"] else "no", r["folder"])
+    table_console().print(table if rows else "no checkpoints")
+
+
+def remove_checkpoints(rows: list[dict]) -> list[dict]:
+    """Delete the checkpoint folders no live run holds; returns those removed."""
+    import shutil
+
+    removed = [r for r in rows if not r["in_use"]]
+    for row in removed:
+        shutil.rmtree(row["folder"], ignore_errors=True)
+    return removed
+
+
 def data_summary(datasets) -> list[dict]:
     """What a version was trained and evaluated on: each source's role, file name, rows and digest."""
     if not isinstance(datasets, list):

@@ -1,7 +1,7 @@
 """Package an artifact version for where it will run, and prove the package matches the adapter.
 
     qrtrain package outputs/NAME/v1 --format bundle      # NAME-v1-bundle.tar.gz: the version + manifest
-    qrtrain package outputs/NAME/v1 --format hf          # a folder for `huggingface-cli upload` (no upload)
+    qrtrain package outputs/NAME/v1 --format hf          # a folder for `hf upload` (no upload)
     qrtrain package outputs/NAME/v1 --format merged      # base + adapter merged, safetensors shards
     qrtrain package outputs/NAME/v1 --format ollama      # GGUF LoRA adapter + Modelfile
     qrtrain unpack NAME-v1-bundle.tar.gz DEST            # safe extraction
@@ -39,7 +39,8 @@ def package(target: Path, fmt: str, output: Path | None = None, base: Path | Non
     if version is None:
         raise QrtrainError(f"{target}: not an artifact version; give outputs/NAME/vN (or outputs/NAME for the latest)")
     name = f"{version.parent.name}-{version.name}-{fmt}"
-    out = Path(output) if output else Path.cwd() / (name + (".tar.gz" if fmt == "bundle" else ""))
+    # default: ROOT/packages/ beside the artifacts (git-ignored with outputs/), not the current folder
+    out = Path(output) if output else version.parent.parent / "packages" / (name + (".tar.gz" if fmt == "bundle" else ""))
     if out.exists() or out.is_symlink():
         raise QrtrainError(f"{out} already exists; remove it or pass --output to another path")
     refuse_inside_artifacts(out)
@@ -58,7 +59,9 @@ def package(target: Path, fmt: str, output: Path | None = None, base: Path | Non
             return out
         staging = work / "out"
         staging.mkdir()
-        info = {"format": fmt, "source_version": str(version.resolve()), "source_root_digest": digest,
+        source_name = f"{version.parent.name}/{version.name}"
+        info = {"format": fmt, "source_version": source_name if fmt == "hf" else str(version.resolve()),
+                "source_root_digest": digest,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qrtrain_version": __version__}
         base_folder = Path(base) if base else recorded_base
         if fmt == "hf":
@@ -67,12 +70,17 @@ def package(target: Path, fmt: str, output: Path | None = None, base: Path | Non
             extra = build_merged(source, base_folder, staging)
         else:
             extra = build_ollama(source, base_folder, metadata, staging)
-        write_json(staging / "metadata.json", {**metadata, "package": {**info, **extra}})
+        recorded = portable_metadata(metadata) if fmt == "hf" else metadata
+        write_json(staging / "metadata.json", {**recorded, "package": {**info, **extra}})
         write_manifest(staging)
         if fmt == "hf":
             prove_copies(staging, source)
         staging.chmod(0o755)
         staging.rename(out)
+        if fmt == "hf":
+            from qrtrain.terminal import say
+
+            say(f"upload it with: hf upload YOUR_ORG/{version.parent.name} {out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -203,11 +211,36 @@ def member_problem(member: tarfile.TarInfo) -> str | None:
 
 
 def build_hf(version: Path, staging: Path) -> dict:
-    """The Hub layout: adapter, tokenizer, model card (front matter), config; metadata and manifest rewritten."""
+    """The Hub layout: adapter, tokenizer, model card (front matter), config; metadata, the training config
+    and the manifest rewritten to carry portable facts only (names and digests, no local paths)."""
+    from omegaconf import OmegaConf
+
     for path in version.iterdir():
-        if path.is_file() and path.name not in (MANIFEST_NAME, "metadata.json"):
+        if path.is_file() and path.name not in (MANIFEST_NAME, "metadata.json", "training_config.yaml"):
             shutil.copy2(path, staging / path.name)
-    return {"upload": f"huggingface-cli upload YOUR_ORG/{version.parent.name} ."}
+    config = OmegaConf.load(version / "training_config.yaml")
+    for key in ("artifact.root", "model.path", "data.eval"):
+        value = OmegaConf.select(config, key)
+        if isinstance(value, str):
+            OmegaConf.update(config, key, None if key == "artifact.root" else Path(value).name)
+    train = OmegaConf.select(config, "data.train")
+    if train is not None:
+        OmegaConf.update(config, "data.train", [Path(str(p)).name for p in train] if OmegaConf.is_list(train)
+                         else Path(str(train)).name)
+    (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(config), encoding="utf-8")
+    return {"upload": "hf upload YOUR_ORG/NAME .   (run inside this folder)"}
+
+
+def portable_metadata(value):
+    """metadata.json for a public place: every local path (an absolute or home-relative string) becomes its
+    file name, and the base model's local folder is left out; names, hashes, rows and settings stay."""
+    if isinstance(value, dict):
+        return {k: portable_metadata(v) for k, v in value.items() if not (k == "path" and "hub_id" in value)}
+    if isinstance(value, list):
+        return [portable_metadata(v) for v in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        return Path(value).name
+    return value
 
 
 def sample_inputs(tokenizer, device):

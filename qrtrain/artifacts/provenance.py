@@ -45,7 +45,28 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
         "libraries": library_versions(),
         "base_weights_check": {"frozen_parameters_sha256": base_digest, "unchanged": True},
         "extensions": extensions,
+        "prompt": prompt_format(data_sources, tokenizer),
     }
+
+
+ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n[### Input:\n{input}\n\n]### Response:\n"
+
+
+def prompt_format(data_sources: list[dict], tokenizer) -> dict:
+    """How a prompt must be presented to this adapter and when its answer ends: the format it was trained
+    with, the exact template, and the stop token (TRL ends every training example with it)."""
+    formats = [s.get("format") for s in data_sources if s.get("role") == "train" and s.get("format")]
+    kind = formats[0] if formats else "chat"
+    templates = {
+        "chat": "the chat template in chat_template.jinja: tokenizer.apply_chat_template(messages, "
+                "add_generation_prompt=True); the answer is the assistant turn",
+        "alpaca": ALPACA_TEMPLATE + "   (the [### Input] block only when there is an input)",
+        "prompt-completion": "{prompt}   (the prompt exactly as written in training; the answer is its completion)",
+        "text": "{text}   (plain text: the adapter continues it)",
+    }
+    stop = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) else None
+    return {"format": kind, "template": templates.get(kind, kind), "stop_token": stop,
+            "stop_token_id": tokenizer.eos_token_id, "add_special_tokens": kind != "chat"}
 
 
 def synth_provenance(source: dict) -> dict | None:
@@ -100,6 +121,19 @@ from transformers import AutoTokenizer
 model = AutoPeftModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")   # the base by its name: {base}
 tokenizer = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
 ```
+
+## Prompt format
+
+Trained on `{metadata['prompt']['format']}` prompts; present prompts the same way, or the adapter answers
+something it was never trained on:
+
+```text
+{metadata['prompt']['template']}
+```
+
+Generation stops at `{metadata['prompt']['stop_token']}` (token id {metadata['prompt']['stop_token_id']}); with
+PEFT alone: `model.generate(**tokenizer(prompt, return_tensors="pt"{'' if metadata['prompt']['add_special_tokens']
+else ', add_special_tokens=False'}), eos_token_id={metadata['prompt']['stop_token_id']}, max_new_tokens=...)`.
 
 ## Verify
 

@@ -114,6 +114,7 @@ def score(items: list[dict], answers: list[dict], passages: list[list[dict]]) ->
         if item["reference"] is not None and not item["should_refuse"]:
             row["exact_match"] = metrics.exact_match(text, item["reference"])
             row["f1"] = metrics.token_f1(text, item["reference"])
+            row["rougeL"] = metrics.rouge_l(text, item["reference"])
         if item["keywords"]:
             row["keyword_accuracy"] = metrics.keywords_hit(text, item["keywords"])
         if item["expect_json"]:
@@ -124,7 +125,8 @@ def score(items: list[dict], answers: list[dict], passages: list[list[dict]]) ->
             row["citation"] = metrics.cites_known_source(text, [p["id"] for p in used])
             row["groundedness"] = metrics.groundedness(text, [p["text"] for p in used])
         rows.append(row)
-        for key in ("exact_match", "f1", "keyword_accuracy", "json_valid", "refusal_correct", "citation", "groundedness"):
+        for key in ("exact_match", "f1", "rougeL", "keyword_accuracy", "json_valid", "refusal_correct", "citation",
+                    "groundedness"):
             if key in row:
                 per_metric.setdefault(key, []).append(row[key])
     aggregate = {key: {"mean": metrics.mean(values), "ci95": metrics.bootstrap_ci(values), "n": len(values)}

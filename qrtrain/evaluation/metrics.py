@@ -3,7 +3,7 @@
     python -c "from qrtrain.evaluation.metrics import token_f1; print(token_f1('the Marrow river', 'Marrow'))"
 
 exact match and token F1 follow SQuAD's normalisation (lowercase, no punctuation, no articles);
-BLEU and chrF come from sacrebleu, ROUGE-L from rouge-score.
+BLEU and chrF come from sacrebleu (corpus level), ROUGE-L from rouge-score (per item, with an interval).
 """
 
 import json
@@ -75,17 +75,20 @@ def groundedness(prediction: str, passages: list[str]) -> float:
     return sum(w in vocabulary for w in words) / len(words)
 
 
-def corpus_scores(predictions: list[str], references: list[str]) -> dict:
-    """BLEU and chrF (sacrebleu, corpus level) and mean ROUGE-L F1 (rouge-score)."""
-    import sacrebleu
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 of one answer (rouge-score): a per-item score, averaged with a bootstrap interval like F1."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    rouge = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False).score(reference, prediction)["rougeL"].fmeasure
+
+
+def corpus_scores(predictions: list[str], references: list[str]) -> dict:
+    """BLEU and chrF (sacrebleu): corpus-level scores, so no per-item interval."""
+    import sacrebleu
+
     return {
         "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
         "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
-        "rougeL": sum(rouge) / len(rouge),
     }
 
 

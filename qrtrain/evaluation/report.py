@@ -41,24 +41,35 @@ def _cell(text: str) -> str:
 
 
 def metrics_chart(systems: dict[str, dict], path: Path, title: str = "answer quality") -> None:
-    """A grouped bar chart of the rate metrics (0..1) per system, with 95% CI whiskers where known."""
+    """A grouped bar chart of the rate metrics (0..1) per system: each bar labelled with its value (a measured
+    0 shows as "0.00"; a metric a system has no items for shows "n/a", no bar), 95% CI whiskers only where an
+    interval exists, the legend below the axes where it covers no bar."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [m for m in RATE_METRICS if any(m in agg and agg[m]["mean"] is not None for agg in systems.values())]
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names) * max(1, len(systems)) / 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names) * max(1, len(systems)) / 2), 4.6))
     width = 0.8 / max(1, len(systems))
     for i, (system, aggregate) in enumerate(systems.items()):
-        means = [aggregate.get(m, {}).get("mean") or 0 for m in names]
-        errors = [[m - (aggregate.get(n, {}).get("ci95") or [m, m])[0] for m, n in zip(means, names)],
-                  [(aggregate.get(n, {}).get("ci95") or [m, m])[1] - m for m, n in zip(means, names)]]
-        ax.bar([x + i * width for x in range(len(names))], means, width, yerr=errors, capsize=3, label=system)
+        xs = [x + i * width for x in range(len(names))]
+        means = [aggregate.get(m, {}).get("mean") for m in names]
+        bars = ax.bar(xs, [m if m is not None else math.nan for m in means], width, label=system)
+        for x, name, mean in zip(xs, names, means):
+            ci = aggregate.get(name, {}).get("ci95")
+            if mean is not None and ci:
+                ax.errorbar(x, mean, yerr=[[mean - ci[0]], [ci[1] - mean]], color="black", capsize=3, linewidth=1)
+            ax.annotate("n/a" if mean is None else f"{mean:.2f}", (x, (ci[1] if mean is not None and ci else mean or 0)),
+                        xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+        del bars
     ax.set_xticks([x + width * (len(systems) - 1) / 2 for x in range(len(names))], names, rotation=20)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.12)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(4, max(1, len(systems))),
+              frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

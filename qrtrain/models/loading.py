@@ -68,8 +68,11 @@ def name_the_base(model_cfg, folder: Path) -> None:
     option = next((o for o in options if o.get("name") == model_cfg.name), None)
     given_name = model_cfg.name if option is None else None
     given_hub = model_cfg.get("hub_id") if option is None or model_cfg.get("hub_id") != option.get("hub_id") else None
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    recorded = str(config.get("_name_or_path") or "")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise model_load_error(folder, error) from None
+    recorded = str(config.get("_name_or_path") or "") if isinstance(config, dict) else ""
     path = str(model_cfg.path)
     found_hub = next((c for c in (recorded, path) if re.fullmatch(HUB_ID_RE, c) and not Path(c).exists()), None)
     if given_hub and found_hub and given_hub != found_hub:
@@ -116,7 +119,7 @@ def user_model_folder(path: str) -> Path:
         return Path(snapshot_download(path, local_files_only=True))
     except Exception as error:
         raise QrtrainError(f"model.path={path}: not a local folder and not in the Hugging Face cache ({type(error).__name__}); "
-                           f"download it once where a network is available (`huggingface-cli download {path}`) "
+                           f"download it once where a network is available (`hf download {path}`) "
                            "or give a local folder") from None
 
 

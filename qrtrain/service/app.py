@@ -5,7 +5,8 @@
     curl -N localhost:8765/api/jobs/1/events        # Server-Sent Events, replayed from the start, then live
 
 Routers: routes/jobs.py (training jobs, their events and reports), routes/evaluations.py (evaluate and
-compare jobs), routes/models.py (the registry), routes/system.py (health, statistics, options, the page).
+compare jobs), routes/models.py (the registry), routes/reports.py (every report under the root),
+routes/system.py (health, statistics, options, the page).
 Every request passes security.Guard first (Host, token, Origin, body size, audit).
 """
 
@@ -21,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from qrtrain import __version__
 from qrtrain.errors import QrtrainError
 from qrtrain.service import checks, jobs, store
-from qrtrain.service.routes import evaluations, models, system
+from qrtrain.service.routes import evaluations, models, reports, system
 from qrtrain.service.routes import jobs as job_routes
 from qrtrain.service.security import Guard
 
@@ -69,7 +70,7 @@ def create_app(root: Path, workers: int = 1, token: str | None = None, data_root
     async def refused(request: Request, error: QrtrainError):
         return JSONResponse({"detail": error.message}, status_code=422)
 
-    for router in (job_routes.router, evaluations.router, models.router, system.router):
+    for router in (job_routes.router, evaluations.router, models.router, reports.router, system.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -75,6 +75,14 @@ def claim_folder(folder: Path):
     raise QrtrainError(f"could not lock a checkpoint folder beside {folder}")
 
 
+def remove_abandoned(root: Path, name: str) -> None:
+    """Once a version of NAME is published, the checkpoints of NAME's other trainings that no live run holds
+    (interrupted, then run with another config) are deleted; `qrtrain list --checkpoints` shows the rest."""
+    from qrtrain.artifacts.listing import checkpoint_folders, remove_checkpoints
+
+    remove_checkpoints([r for r in checkpoint_folders(root) if r["artifact"] == name])
+
+
 def complete_checkpoints(folder: Path) -> list[Path]:
     """Marked checkpoints, oldest first."""
     if not folder.is_dir():

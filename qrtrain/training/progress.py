@@ -65,7 +65,8 @@ class RichProgress(TrainerCallback):
 
 class ProgressEvents(TrainerCallback):
     """A `training` event per optimizer step (qrtrain.events): step, total_steps, eta_s, and the loss,
-    learning rate and tokens per second of the latest log."""
+    learning rate and tokens per second of the latest log, with `loss_step`, the step that log was made at
+    (a chart plots each loss once, at its own step, not repeated at every step until the next log)."""
 
     def __init__(self):
         self.started = None  # (time, step) when this process began training: resumed runs count from there
@@ -82,7 +83,7 @@ class ProgressEvents(TrainerCallback):
         now, tokens = time.perf_counter(), logs.get("num_tokens", 0)
         rate = (tokens - self.last_log[1]) / max(now - self.last_log[0], 1e-9) if tokens else None
         self.last_log = (now, tokens)
-        self.latest = {"loss": logs["loss"], "learning_rate": logs.get("learning_rate"),
+        self.latest = {"loss": logs["loss"], "loss_step": state.global_step, "learning_rate": logs.get("learning_rate"),
                        "tokens_per_s": round(rate, 1) if rate is not None else None}
         self.on_step_end(args, state, control)  # the fresh loss, at the step it belongs to
 

@@ -144,9 +144,11 @@ def train(cfg, run_dir: Path) -> float:
             raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
                                "nothing was published and earlier versions are untouched; free space or choose "
                                "another artifact.root, then run the same command to resume", exit_code=1) from None
-        # the training is done: its checkpoints served their purpose
+        # the training is done: its checkpoints served their purpose, and so did those of earlier runs of this
+        # artifact that were interrupted and then changed (no live run holds them)
         checkpoints.discard_checkpoints(list(checkpoint_dir.glob("checkpoint-*")))
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        checkpoints.remove_abandoned(Path(cfg.artifact.root), cfg.artifact.name)
     finally:
         if not stop.publishing:
             stop.uninstall()

@@ -44,7 +44,21 @@ def test_every_format_verifies_and_points_back(packages, artifact, fmt):
         package = json.loads((packages[fmt] / "metadata.json").read_text())["package"]
         source = json.loads((artifact / "checksums.json").read_text())["root_digest"]
         assert package["format"] == fmt and package["source_root_digest"] == source
-        assert Path(package["source_version"]) == artifact.resolve()
+        if fmt == "hf":  # for a public place: names and digests, no local path
+            assert package["source_version"] == "p/v1"
+        else:
+            assert Path(package["source_version"]) == artifact.resolve()
+
+
+def test_the_hf_package_carries_no_local_path(packages, artifact):
+    text = " ".join(p.read_text(errors="replace") for p in packages["hf"].iterdir()
+                    if p.suffix in (".json", ".yaml", ".md", ".jinja"))
+    for local in (str(artifact.parent.parent), str(Path.home()), "/tmp/", "/root/", ".cache/qrtrain"):
+        assert local not in text, local
+    metadata = json.loads((packages["hf"] / "metadata.json").read_text())
+    assert "path" not in metadata["base_model"] and metadata["base_model"]["files"]
+    assert all("/" not in d["path"] for d in metadata["datasets"]) and all(d["sha256"] for d in metadata["datasets"])
+    assert metadata["package"]["upload"].startswith("hf upload ")
 
 
 def test_bundle_unpacks_to_the_same_version(packages, artifact, tmp_path):

@@ -29,7 +29,7 @@ def published(tmp_path_factory, model_cache):
 
 
 def fake_hub_cache(cache, model_folder, hub_id: str):
-    """What `huggingface-cli download` leaves in a Hugging Face cache, made by hand from a local folder."""
+    """What `hf download` leaves in a Hugging Face cache, made by hand from a local folder."""
     repo = cache / ("models--" + hub_id.replace("/", "--"))
     commit = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(model_folder, repo / "snapshots" / commit, ignore=shutil.ignore_patterns(".complete"))

@@ -33,6 +33,8 @@ def test_scores_on_a_fixed_set_match_hand_computation(tmp_path):
     aggregate, per_item = score(items, answers, [i["context"] for i in items])
     assert aggregate["exact_match"]["mean"] == pytest.approx(0.5)            # 1 of 2 with an answer
     assert aggregate["f1"]["mean"] == pytest.approx((1 + 2 / 3) / 2)        # 1 and 2/3 (see test_metrics)
+    # ROUGE-L per item, like F1: LCS 2 of 3 and 4 words is 4/7; n=2, so no interval (bootstrap needs 5)
+    assert aggregate["rougeL"]["mean"] == pytest.approx((1 + 4 / 7) / 2) and aggregate["rougeL"]["ci95"] is None
     assert aggregate["keyword_accuracy"]["mean"] == 1.0
     assert aggregate["json_valid"]["mean"] == 1.0
     assert aggregate["refusal_correct"]["mean"] == 0.0                       # it did not refuse
@@ -135,7 +137,12 @@ def test_an_adapter_trained_on_alpaca_is_evaluated_with_the_alpaca_prompt(tmp_pa
     assert invoke("train", "model=tiny", "model_type=standard", f"data.train={data}", "training.max_steps=2",
                   f"artifact.root={root}", "artifact.name=s").exit_code == 0
     version = root / "s" / "v1"
-    assert json.loads((version / "metadata.json").read_text())["datasets"][0]["format"] == "alpaca"
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["datasets"][0]["format"] == "alpaca"
+    # the card and metadata state the exact prompt and stop rule, for users of PEFT alone
+    assert metadata["prompt"]["format"] == "alpaca" and metadata["prompt"]["stop_token_id"] is not None
+    card = (version / "README.md").read_text()
+    assert "### Instruction:" in card and "### Response:" in card and metadata["prompt"]["stop_token"] in card
     result = invoke("evaluate", version, f"evaluation.questions={data}", f"output_dir={tmp_path / 'r'}")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r" / "report.json").read_text())

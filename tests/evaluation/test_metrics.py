@@ -30,8 +30,9 @@ def test_keywords_json_refusal_citation_groundedness_by_hand():
 def test_corpus_scores_match_their_libraries_on_identity():
     scores = metrics.corpus_scores(["the capital is Quillhaven"], ["the capital is Quillhaven"])
     assert scores["bleu"] == pytest.approx(100.0) and scores["chrf"] == pytest.approx(100.0)
-    assert scores["rougeL"] == pytest.approx(1.0)
-    assert metrics.corpus_scores(["abc"], ["xyz"])["rougeL"] == 0.0
+    assert metrics.rouge_l("the capital is Quillhaven", "the capital is Quillhaven") == pytest.approx(1.0)
+    assert metrics.rouge_l("abc", "xyz") == 0.0
+    assert metrics.rouge_l("the capital", "the capital is Quillhaven") == pytest.approx(2 * 1 * 0.5 / 1.5)
 
 
 def test_percentile_and_bootstrap():

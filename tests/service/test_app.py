@@ -49,6 +49,18 @@ def test_job_streams_events_to_done_and_its_version_verifies(make_service):
                 break
     assert received[:-1] == events and received[-1]["status"] == "done"
 
+    # a report made on the command line under the same root is served (and charted) like a job's
+    import subprocess
+
+    from tests.service.conftest import QRTRAIN
+
+    assert subprocess.run([QRTRAIN, "evaluate", str(service.root / "api-demo" / "v1"), "generation.max_new_tokens=4"],
+                          capture_output=True, timeout=300).returncode == 0
+    (listed,) = service.client.get("/api/reports").json()
+    assert listed["kind"] == "evaluation" and listed["path"].startswith("api-demo/evaluations/")
+    assert service.client.get(f"/api/reports/{listed['path']}").json()["suite"] == "demo"
+    assert service.client.get("/api/reports/api-demo/v1/metadata.json").status_code == 404
+
     statistics = service.client.get("/api/statistics").json()
     assert statistics["by_status"] == {"done": 1} and statistics["success_rate"] == 1.0
     assert statistics["tokens_trained"] > 0 and statistics["median_training_s"] > 0

@@ -61,10 +61,10 @@ def mutate(rng: random.Random, body: dict) -> dict:
     body = json.loads(json.dumps(body))
     for _ in range(rng.randint(1, 3)):
         kind, node, path = rng.choice(places(body))
-        if kind == "dict" or rng.random() < 0.3:
-            node[rng.choice(HOSTILE_KEYS)] = rng.choice(HOSTILE_VALUES + [1, "tiny", {}])
+        if kind == "dict" or rng.random() < 0.3:  # a fresh copy each time: no object shared between places
+            node[rng.choice(HOSTILE_KEYS)] = json.loads(json.dumps(rng.choice(HOSTILE_VALUES + [1, "tiny", {}])))
         else:
-            node[path[-1]] = rng.choice(HOSTILE_VALUES)
+            node[path[-1]] = json.loads(json.dumps(rng.choice(HOSTILE_VALUES)))
     return body
 
 
@@ -92,7 +92,8 @@ def test_hostile_bodies_are_refused_and_valid_ones_run(fuzz_service):
     service = fuzz_service
     assert send_hostile(service, 300, seed=0) == []
     assert [j["id"] for j in service.client.get("/api/jobs").json()] == [1]  # nothing queued by any of them
-    assert sorted(p.name for p in service.root.iterdir()) == [".service", "fuzz"]
+    assert sorted(p.name for p in service.root.iterdir() if p.name != ".checkpoints") == [".service", "fuzz"]
+    assert sorted(p.name for p in (service.root / ".service" / "jobs").iterdir()) == ["1"]  # no job folder either
 
     rng = random.Random(1)
     for _ in range(2):

@@ -48,7 +48,7 @@ def test_documents_mode_writes_data_that_train_accepts_with_provenance(tmp_path,
     assert generator["files"] and all(sha256(folder / name) == digest for name, digest in generator["files"].items())
     assert provenance["corpus"]["sha256"] and provenance["sampling"]["seed"] == 0
     assert set(provenance["filter"]) >= {"groundedness", "duplicate_similarity", "min_words", "max_words"}
-    assert set(provenance["counts"]["dropped"]) == {"empty", "truncated", "refusal", "not_a_question", "length",
+    assert set(provenance["counts"]["dropped"]) == {"empty", "truncated", "refusal", "meta_text", "not_a_question", "length",
                                                    "invalid_json", "ungrounded", "duplicate"}
     assert "{passage}" in provenance["prompts"]["question"]
 

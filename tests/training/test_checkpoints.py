@@ -126,6 +126,36 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     result = train(root, "training.max_steps=400", "lora.r=8", f"resume={checkpoint}", check=False)
     assert result.returncode == 2 and "different config: lora.r (16 -> 8)" in result.stderr
 
+    # the interrupted training's checkpoints are listed; a published run of the same artifact removes them
+    from tests.conftest import invoke
+
+    listed = json.loads(invoke("list", "--root", root, "--checkpoints", "--json").output)
+    assert [(r["artifact"], r["in_use"]) for r in listed] == [("tiny-dialogue", False)] and listed[0]["newest_step"]
+    train(root, "training.max_steps=2", "lora.r=8", "checkpoint.every_steps=0")
+    assert json.loads(invoke("list", "--root", root, "--checkpoints", "--json").output) == []
+    assert not checkpoints(root)
+
+
+def test_clean_checkpoints_keeps_those_a_live_run_holds(tmp_path):
+    from tests.conftest import invoke
+
+    root = tmp_path / "r"
+    stale = start(root, "training.max_steps=400", "artifact.name=stale")
+    wait_for_checkpoint(root, stale)
+    stale.kill()
+    stale.wait()
+    live = start(root, "training.max_steps=100000", "artifact.name=live")
+    try:
+        while len(list(root.glob(".checkpoints/live-*/.lock"))) == 0:
+            time.sleep(0.1)
+        rows = {r["artifact"]: r for r in json.loads(invoke("list", "--root", root, "--checkpoints", "--json").output)}
+        assert rows["live"]["in_use"] and not rows["stale"]["in_use"]
+        assert "removed 1 checkpoint folder" in invoke("list", "--root", root, "--clean-checkpoints").output
+        assert [p.name.split("-")[0] for p in (root / ".checkpoints").iterdir()] == ["live"]
+    finally:
+        live.kill()
+        live.wait()
+
 
 def test_same_seed_gives_byte_identical_adapters(tmp_path):
     paths = []

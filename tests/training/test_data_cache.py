@@ -48,8 +48,9 @@ TEXTS = [{"text": f"Document {i} says that the answer is {i}."} for i in range(2
 @pytest.mark.parametrize("rows, settings", [
     (CONVERSATIONS, ["training.packing=true"]),
     (PAIRS, ["model_type=standard", "training.packing=true"]),
-    (TEXTS, ["model_type=standard", "training.packing=true", "training.max_length=16"]),
-    (CONVERSATIONS, ["training.max_length=48"]),
+    pytest.param(TEXTS, ["model_type=standard", "training.packing=true", "training.max_length=16"],
+                 marks=pytest.mark.slow),
+    pytest.param(CONVERSATIONS, ["training.max_length=48"], marks=pytest.mark.slow),
 ], ids=["dialogue-packed", "prompt-completion-packed", "text-packed-short", "dialogue-truncated"])
 def test_the_cache_gives_what_a_fresh_preparation_gives(tmp_path, monkeypatch, rows, settings):
     """Each setting trained fresh, then again from the cache: both publish, with bit-identical adapters

@@ -5,7 +5,7 @@
 const $ = (selector) => document.querySelector(selector);
 const charts = {};   // job id -> {chart, steps: Set}
 const streams = {};  // job id -> EventSource
-const reports = {};  // job id -> drawn
+const reports = {};  // report path -> drawn
 const CHART_JOBS = 6;
 
 async function api(path, options = {}) {
@@ -100,9 +100,10 @@ function follow(job) {
   source.addEventListener("training", (message) => {
     const event = JSON.parse(message.data);
     const entry = charts[job.id];
-    if (event.loss == null || entry.steps.has(event.step)) return;
-    entry.steps.add(event.step);
-    entry.chart.data.datasets[0].data.push({x: event.step, y: event.loss});
+    // each loss once, at the step it was logged (events between logs repeat the latest one)
+    if (event.loss == null || event.loss_step == null || entry.steps.has(event.loss_step)) return;
+    entry.steps.add(event.loss_step);
+    entry.chart.data.datasets[0].data.push({x: event.loss_step, y: event.loss});
     entry.chart.update();
     box.dataset.points = entry.steps.size;
   });
@@ -137,7 +138,6 @@ async function refreshJobs() {
       actions.append(button("cancel", () => api(`/api/jobs/${job.id}/cancel`, {method: "POST"}).then(refreshJobs)));
     if (["cancelled", "interrupted", "failed"].includes(job.status))
       actions.append(button("resume", () => api(`/api/jobs/${job.id}/resume`, {method: "POST"}).then(refreshJobs)));
-    if (job.report && !reports[job.id]) drawReport(job);
   }
   jobs.filter((j) => j.kind === "train").slice(-CHART_JOBS).forEach(follow);
 }
@@ -164,22 +164,29 @@ async function refreshRegistry() {
   }
 }
 
-async function drawReport(job) {
-  reports[job.id] = true;
-  const {report} = await api(`/api/jobs/${job.id}/report`);
+// Every report under the root, made by a job here or by `qrtrain evaluate` / `qrtrain compare` on the command line.
+async function refreshReports() {
+  for (const entry of await api("/api/reports")) {
+    if (reports[entry.path] || entry.problem) continue;
+    reports[entry.path] = true;
+    drawReport(await api(`/api/reports/${entry.path}`), entry.path);
+  }
+}
+
+function drawReport(report, where) {
   const label = report.target ? report.target.split("/").slice(-2).join("/") : "";
   const systems = report.systems ? report.systems.map((s) => [s.system, s.metrics]) : [[label, report.metrics]];
   const names = Object.keys(systems[0][1]).filter((m) => !/latency|memory|loss|perplexity/.test(m)
       && systems.some(([, ms]) => ms[m] && ms[m].mean != null && ms[m].mean <= 1 && ms[m].mean >= 0));
   const box = document.createElement("div");
   box.className = "chart";
-  box.innerHTML = `<canvas aria-label="report of job ${job.id}"></canvas>`;
+  box.innerHTML = `<canvas aria-label="report ${where}"></canvas>`;
   $("#reports").prepend(box);
   new Chart(box.querySelector("canvas"), {
     type: "bar",
     data: {labels: names, datasets: systems.map(([name, ms]) => ({label: name, data: names.map((m) => ms[m]?.mean)}))},
     options: {animation: false, maintainAspectRatio: false,
-              plugins: {title: {display: true, text: `job ${job.id}: ${job.kind} (${report.suite})`}}},
+              plugins: {title: {display: true, text: `${report.systems ? "comparison" : "evaluation"} on ${report.suite}: ${where}`}}},
   });
 }
 
@@ -193,3 +200,4 @@ loadOptions().then(refreshJobs).then(refreshRegistry).then(refreshHealth);
 setInterval(refreshJobs, 1000);
 setInterval(refreshHealth, 2000);
 setInterval(refreshRegistry, 10000);
+setInterval(refreshReports, 3000);
