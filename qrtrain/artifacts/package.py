@@ -120,13 +120,15 @@ def verified_copy(version: Path, into: Path) -> tuple[Path, str]:
 
 
 def prove_copies(staging: Path, source: Path) -> None:
-    """Every file a copying format (hf) wrote has the sha256 the verified manifest lists for it."""
+    """Every file a copying format (hf) wrote has the sha256 the verified manifest lists for it (the two it
+    rewrites to portable form, metadata.json and training_config.yaml, aside)."""
     from qrtrain.files import sha256_file
 
     entries = {e["path"]: e["sha256"] for e in json.loads((source / MANIFEST_NAME).read_text())["files"]}
     for path in sorted(staging.rglob("*")):
         relative = path.relative_to(staging).as_posix()
-        if path.is_file() and relative in entries and relative not in (MANIFEST_NAME, "metadata.json") \
+        if path.is_file() and relative in entries and relative not in (MANIFEST_NAME, "metadata.json",
+                                                                       "training_config.yaml") \
                 and sha256_file(path) != entries[relative]:
             raise QrtrainError(f"{relative}: the packaged copy differs from the verified version; nothing was "
                                "written", exit_code=1)

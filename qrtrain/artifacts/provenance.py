@@ -64,6 +64,7 @@ def prompt_format(data_sources: list[dict], tokenizer) -> dict:
         "prompt-completion": "{prompt}   (the prompt exactly as written in training; the answer is its completion)",
         "text": "{text}   (plain text: the adapter continues it)",
     }
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor holds its tokenizer
     stop = tokenizer.eos_token if isinstance(tokenizer.eos_token, str) else None
     return {"format": kind, "template": templates.get(kind, kind), "stop_token": stop,
             "stop_token_id": tokenizer.eos_token_id, "add_special_tokens": kind != "chat"}

@@ -23,6 +23,13 @@ class SFTTrainerWithoutStepSyncs(SFTTrainer):
     auxiliary loss, sequence parallelism) goes through TRL's compute_loss unchanged."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not model.training and "labels" in inputs:  # evaluation: token-weighted, as `qrtrain evaluate` weighs it
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = result[0] if return_outputs else result
+            tokens = (inputs["labels"][..., 1:] != -100).sum()
+            sums = self.__dict__.setdefault("_eval_sums", [])
+            sums.append(torch.stack([loss.detach().float() * tokens, tokens.float()]))
+            return result
         if (return_outputs or not model.training or self.compute_loss_func is not None or self.label_smoother
                 is not None or self.aux_loss_enabled or self.args.loss_type != "nll"
                 or getattr(self.accelerator, "parallelism_config", None) is not None):
@@ -38,6 +45,20 @@ class SFTTrainerWithoutStepSyncs(SFTTrainer):
                                      outputs.is_top1.sum().float()]),
                         inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["position_ids"].size(1)))
         return loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's loop, with `eval_loss` the mean over every loss token of the set (the Trainer's own is a
+        mean of per-batch means, which weighs a token of a short batch more): the same quantity that
+        `qrtrain evaluate` reports as `loss` on the same rows (tests/evaluation/test_evaluate.py)."""
+        self._eval_sums = []
+        output = super().evaluation_loop(*args, **kwargs)
+        if self._eval_sums:
+            nll, tokens = self.accelerator.gather(torch.stack(self._eval_sums).sum(0)[None]).sum(0).tolist()
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            if tokens > 0 and f"{prefix}_loss" in output.metrics:
+                output.metrics[f"{prefix}_loss"] = nll / tokens
+        self._eval_sums = []
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         pending = self.__dict__.get("_pending_metrics")

@@ -199,3 +199,25 @@ def test_an_alpaca_adapter_is_packaged_with_the_alpaca_prompt(tmp_path):
     modelfile = (tmp_path / "ollama" / "Modelfile").read_text()
     assert 'TEMPLATE """### Instruction:\n{{ .Prompt }}\n\n### Response:\n"""' in modelfile
     assert "<|im_start|>" not in modelfile.split("TEMPLATE")[1].split('"""')[1]
+
+
+def test_training_eval_loss_equals_evaluate_loss_on_the_same_file(tmp_path):
+    """Both are the mean over every answer token of the file (not a mean of per-batch means), with the same
+    truncation; answers of very different lengths in different batches would tell the two apart."""
+    import torch
+
+    rows = [{"messages": [{"role": "user", "content": f"What is item {i} of the Veloria list?"},
+                          {"role": "assistant", "content": ("It is the bell. " if i % 3 else
+                                                            "It is the harbour bell, rung at dawn and at dusk. " * 6)
+                                                           + f"Number {i}."}]} for i in range(40)]
+    train, held = write_rows(tmp_path / "train.jsonl", rows[:28]), write_rows(tmp_path / "held.jsonl", rows[28:])
+    root = tmp_path / "out"
+    result = invoke("train", "model=tiny", f"data.train={train}", f"data.eval={held}", "training.max_steps=3",
+                    "training.batch_size=4", "training.max_length=96", f"artifact.root={root}", "artifact.name=el")
+    assert result.exit_code == 0, result.output
+    trained = json.loads((root / "el" / "v1" / "training_metrics.json").read_text())["final"]["eval_loss"]
+    assert invoke("evaluate", root / "el" / "v1", f"evaluation.questions={held}", "generation.max_new_tokens=2",
+                  f"output_dir={tmp_path / 'r'}").exit_code == 0
+    evaluated = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["loss"]["mean"]
+    tolerance = 1e-3 if torch.cuda.is_available() else 1e-5  # relative; bf16 GPU kernels are not bit-exact
+    assert trained == pytest.approx(evaluated, rel=tolerance)

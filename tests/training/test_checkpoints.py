@@ -130,7 +130,8 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     from tests.conftest import invoke
 
     listed = json.loads(invoke("list", "--root", root, "--checkpoints", "--json").output)
-    assert [(r["artifact"], r["in_use"]) for r in listed] == [("tiny-dialogue", False)] and listed[0]["newest_step"]
+    assert {(r["artifact"], r["in_use"]) for r in listed} == {("tiny-dialogue", False)}
+    assert any(r["newest_step"] for r in listed)  # the killed run's; the refused one left an empty folder
     train(root, "training.max_steps=2", "lora.r=8", "checkpoint.every_steps=0")
     assert json.loads(invoke("list", "--root", root, "--checkpoints", "--json").output) == []
     assert not checkpoints(root)
