@@ -1,6 +1,7 @@
 """The command line: help stays light, training publishes, bad input exits 2 and publishes nothing."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,6 +26,27 @@ def test_help_and_version_import_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "train" in out and "HEAVY []" in out
     assert invoke("--version").output.strip().startswith("qrtrain ")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data.train=/no/such/data.jsonl"], "no such data file"),
+    (["data.eval=/no/such/held.jsonl"], "no such data file"),
+    (["model.path=/no/such/model"], "no such model folder"),
+    (["model.path=someone/not-in-the-cache"], "not in the Hugging Face cache"),
+    (["trainig.max_steps=5"], "did you mean training.max_steps?"),
+])
+def test_input_errors_come_before_anything_heavy_is_imported(tmp_path, args, message):
+    """Checks that need no model run first: the error comes without torch or transformers loaded (seconds,
+    not the 17-41 s of importing and loading first)."""
+    code = ("import sys, runpy; sys.argv=['qrtrain','train'," + ",".join(repr(a) for a in args)
+            + f",'artifact.root={tmp_path}']\n"
+            "try: runpy.run_module('qrtrain', run_name='__main__')\n"
+            "except SystemExit as e: print('EXIT', e.code)\n"
+            f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert "EXIT 2" in run.stdout and "HEAVY []" in run.stdout, run.stdout + run.stderr
+    assert message in run.stderr
 
 
 def test_train_help_lists_groups_without_training(tmp_path):

@@ -25,11 +25,11 @@ def run_hydra(overrides: list[str]) -> int:
     import hydra
 
     from qrtrain.config import conf_dir
-    from qrtrain.training.checkpoints import forget_deferred_signal
-
     global _task_started
     _task_started = False
-    forget_deferred_signal()
+    checkpoints = sys.modules.get("qrtrain.training.checkpoints")  # loaded only once a run has trained
+    if checkpoints is not None:
+        checkpoints.forget_deferred_signal()
     if os.environ.get("QRTRAIN_DEBUG"):
         os.environ["HYDRA_FULL_ERROR"] = "1"
     check_override_syntax(overrides)
