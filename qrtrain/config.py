@@ -4,6 +4,7 @@
     python -c "from qrtrain.config import compose; print(compose(['model=tiny']))"
 """
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -117,7 +118,8 @@ GROUPS = ("model", "model_type", "strategy", "quantization")
 OPEN_SECTIONS = ("extensions", "hydra")  # extensions take user config folders; hydra is Hydra's
 
 
-def known_keys() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def known_keys() -> frozenset[str]:
     """Every dotted key a training config may hold: conf/train.yaml's, and each group's (the union of its
     options' keys)."""
     from omegaconf import OmegaConf
@@ -137,7 +139,7 @@ def known_keys() -> set[str]:
         for option in group_options(group):
             node = OmegaConf.to_container(OmegaConf.load(conf_dir() / group / f"{option}.yaml"), resolve=False)
             keys |= flatten(node, f"{group}.")
-    return keys
+    return frozenset(keys)
 
 
 def unknown_key_problem(key: str, known: set[str]) -> str | None:

@@ -8,6 +8,8 @@ import os
 import signal
 import time
 
+import pytest
+
 LONG = ["training.max_steps=400", "checkpoint.every_steps=5"]
 LONGER = ["training.max_steps=1500", "checkpoint.every_steps=250"]  # still running after a service restart
 ENDLESS = ["training.max_steps=100000", "checkpoint.every_steps=0"]  # only ever cancelled
@@ -59,6 +61,7 @@ def test_two_workers_run_two_jobs_and_a_third_waits(make_service):
     assert statuses == ["cancelled"] * 3
 
 
+@pytest.mark.slow  # 75 s here: a job long enough to outlive a service restart
 def test_a_killed_service_restarts_and_adopts_its_running_job(make_service):
     service = make_service()
     job = service.submit(*LONGER, "artifact.name=adopted")
@@ -75,6 +78,7 @@ def test_a_killed_service_restarts_and_adopts_its_running_job(make_service):
     assert [e["phase"] for e in again.events(job["id"])][-1] == "done"
 
 
+@pytest.mark.slow
 def test_a_job_that_died_with_the_service_is_interrupted_and_resumes(make_service):
     service = make_service()
     job = service.submit(*LONG, "artifact.name=orphan")

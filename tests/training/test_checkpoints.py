@@ -54,7 +54,7 @@ def wait_for_checkpoint(root: Path, process: subprocess.Popen, timeout: float = 
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("accumulation", [1, 3])
+@pytest.mark.parametrize("accumulation", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, accumulation):
     extra = [f"training.gradient_accumulation_steps={accumulation}"]
     train(tmp_path / "straight", *extra)
@@ -137,6 +137,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     assert not checkpoints(root)
 
 
+@pytest.mark.slow
 def test_clean_checkpoints_keeps_those_a_live_run_holds(tmp_path):
     from tests.conftest import invoke
 
