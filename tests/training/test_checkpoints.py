@@ -159,6 +159,7 @@ def test_clean_checkpoints_keeps_those_a_live_run_holds(tmp_path):
         live.wait()
 
 
+@pytest.mark.slow  # three trainings of 10 steps; tests/training/test_data_cache.py checks bit-identical reruns too
 def test_same_seed_gives_byte_identical_adapters(tmp_path):
     paths = []
     for name in ("a", "b"):
