@@ -73,8 +73,7 @@ def check_choices(request) -> None:
 
     from qrtrain.config import conf_dir, group_options
 
-    groups = {"model": "model", "model_type": "model_type", "strategy": "strategy", "quantization": "quantization"}
-    for field, group in groups.items():
+    for field, group in requests.TRAIN_GROUPS.items():  # compare's groups are a part of these
         value = getattr(request, field, None)
         if value is not None and value not in group_options(group):
             raise QrtrainError(f"{field}={value!r}: expected one of {', '.join(group_options(group))}")
