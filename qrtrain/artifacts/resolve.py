@@ -17,6 +17,8 @@ from qrtrain.errors import QrtrainError
 def resolve_target(target: Path) -> tuple[Path | None, Path]:
     """(artifact version folder or None, base model folder) for an artifact version, artifact folder or model folder."""
     target = Path(target)
+    if not target.exists():
+        raise QrtrainError(f"{target}: no such file or folder; `qrtrain list` shows the artifacts and their versions")
     if (target / LATEST_NAME).exists() and not (target / MANIFEST_NAME).exists():
         target = read_latest(target)
     if (target / MANIFEST_NAME).exists():

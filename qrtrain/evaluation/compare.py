@@ -52,9 +52,10 @@ def compare(overrides: list[str]) -> Path:
     adapters = [resolve_target(folder)[0] for folder in resolve_adapters(cfg)] if wants_adapters else []
     items = suite_items(cfg)
 
+    from qrtrain.data.corpus import read_documents
     from qrtrain.evaluation import generation
     from qrtrain.evaluation.evaluate import score
-    from qrtrain.evaluation.retrieval import build_index, load_corpus
+    from qrtrain.evaluation.retrieval import build_index
     from qrtrain.models import loading as models
     from qrtrain.terminal import quiet_libraries, say
 
@@ -64,9 +65,7 @@ def compare(overrides: list[str]) -> Path:
         from qrtrain.data.rows import DEMO_DIR
 
         corpus = Path(cfg.evaluation.corpus) if cfg.evaluation.corpus else DEMO_DIR / "documents.jsonl"
-        if not corpus.exists():
-            raise QrtrainError(f"evaluation.corpus={corpus}: no such corpus file; retrieval needs documents with `text`")
-        index = build_index(load_corpus(corpus), cfg.retrieval.chunk_words, cfg.retrieval.chunk_overlap)
+        index = build_index(read_documents(corpus, "evaluation.corpus"), cfg.retrieval.chunk_words, cfg.retrieval.chunk_overlap)
     retrieved = [index.search(i["prompt"][-1]["content"], cfg.retrieval.k) if index else [] for i in items]
 
     base_folder = _base_folder(cfg, adapters)

@@ -111,6 +111,8 @@ def score(items: list[dict], answers: list[dict], passages: list[list[dict]]) ->
         text = answer["answer"]
         row = {"id": item["id"], "question": (item["prompt"] if isinstance(item["prompt"], str) else message_text(item["prompt"][-1]))[-300:], "answer": text,
                "reference": item["reference"], "latency_s": answer["latency_s"]}
+        if used:
+            row["passages"] = [p["id"] for p in used]
         if item["reference"] is not None and not item["should_refuse"]:
             row["exact_match"] = metrics.exact_match(text, item["reference"])
             row["f1"] = metrics.token_f1(text, item["reference"])

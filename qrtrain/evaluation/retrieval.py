@@ -26,20 +26,6 @@ def embedding_model_folder() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def load_corpus(path: Path) -> list[dict]:
-    """Documents as [{id, text}] from JSONL/JSON/Parquet rows with `text` and optional `id`."""
-    from qrtrain.data.rows import read_rows
-
-    documents = []
-    for i, (where, row) in enumerate(read_rows(Path(path))):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise QrtrainError(f"{where}: a corpus document needs a non-empty `text` (and optionally an `id`)")
-        documents.append({"id": str(row.get("id", f"doc{i + 1}")), "text": row["text"]})
-    if not documents:
-        raise QrtrainError(f"{path}: the corpus has no documents")
-    return documents
-
-
 def chunk_documents(documents: list[dict], words: int, overlap: int) -> list[dict]:
     """Split documents on sentence ends and pack whole sentences into chunks of at most `words` words
     (a longer sentence, or text with no sentence end, is cut into pieces of `words` words, so no passage

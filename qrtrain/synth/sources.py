@@ -10,26 +10,6 @@ from pathlib import Path
 
 from qrtrain.errors import QrtrainError
 
-DOCUMENT_SUFFIXES = (".txt", ".md")
-
-
-def load_documents(corpus: Path) -> list[dict]:
-    """[{id, text}] from a .jsonl/.json/.parquet corpus (text, optional id/title) or a folder of .txt/.md files."""
-    from qrtrain.evaluation.retrieval import load_corpus
-
-    corpus = Path(corpus)
-    if not corpus.exists():
-        raise QrtrainError(f"synth.corpus={corpus}: no such file or folder")
-    if corpus.is_dir():
-        files = sorted(p for p in corpus.rglob("*") if p.suffix in DOCUMENT_SUFFIXES and p.is_file())
-        documents = [{"id": p.relative_to(corpus).as_posix(), "text": p.read_text(encoding="utf-8", errors="replace")}
-                     for p in files]
-        documents = [d for d in documents if d["text"].strip()]
-        if not documents:
-            raise QrtrainError(f"synth.corpus={corpus}: no non-empty .txt or .md files in the folder")
-        return documents
-    return load_corpus(corpus)
-
 
 def passages(documents: list[dict], words: int, overlap: int) -> list[dict]:
     """Passages as retrieval makes them, each with an id `<document id>#<n>`."""

@@ -37,8 +37,9 @@ def synth(overrides: list[str]) -> Path:
     from omegaconf import OmegaConf
 
     from qrtrain.config import PACKAGE_DIR, compose
+    from qrtrain.data.corpus import read_documents
     from qrtrain.synth.filters import apply_filter
-    from qrtrain.synth.sources import fill_templates, load_documents, passages
+    from qrtrain.synth.sources import fill_templates, passages
 
     cfg = compose(overrides, config_name="synth")
     s = cfg.synth
@@ -50,7 +51,7 @@ def synth(overrides: list[str]) -> Path:
     emit("validating_data")
     if s.mode == "documents":
         corpus = Path(s.corpus) if s.corpus else PACKAGE_DIR / "data" / "demo" / "documents.jsonl"
-        sources = passages(load_documents(corpus), s.chunk_words, s.chunk_overlap)
+        sources = passages(read_documents(corpus, "synth.corpus"), s.chunk_words, s.chunk_overlap)
         jobs = [{"passage": p} for p in sources for _ in range(s.questions_per_passage)]
         say(f"synth: {len(sources)} passages from {corpus}, {s.questions_per_passage} questions each")
     else:

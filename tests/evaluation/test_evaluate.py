@@ -5,8 +5,9 @@ import shutil
 
 import pytest
 
+from qrtrain.data.corpus import read_documents
 from qrtrain.evaluation.evaluate import load_items, score, with_context
-from qrtrain.evaluation.retrieval import build_index, load_corpus
+from qrtrain.evaluation.retrieval import build_index
 from tests.conftest import invoke
 
 
@@ -76,8 +77,30 @@ def test_evaluate_bad_suite_and_corpus(artifact, tmp_path):
     result = invoke("evaluate", artifact, f"evaluation.questions={tmp_path / 'empty.jsonl'}")
     assert result.exit_code == 2 and "no usable evaluation items" in result.output
     result = invoke("compare", "model=tiny", "systems=[rag]", f"evaluation.corpus={tmp_path / 'none.jsonl'}")
-    assert result.exit_code == 2 and "no such corpus" in result.output
+    assert result.exit_code == 2 and "evaluation.corpus=" in result.output and "no such file or folder" in result.output
     assert invoke("compare", "model=tiny", "systems=[oracle]").exit_code == 2
+
+
+@pytest.mark.parametrize("verb", [["evaluate"], ["package", "--format", "bundle"]])
+def test_a_target_that_does_not_exist_is_named_as_missing(verb, tmp_path):
+    result = invoke(*verb, tmp_path / "no-such-adapter")
+    assert result.exit_code == 2 and f"{tmp_path / 'no-such-adapter'}: no such file or folder" in result.output
+
+
+def test_compare_retrieves_from_the_folder_of_markdown_files_synth_reads(tmp_path):
+    """One corpus reader: the .md folder `synth.corpus` accepts is a corpus for compare's retrieval too."""
+    docs = tmp_path / "docs"
+    (docs / "places").mkdir(parents=True)
+    (docs / "places" / "quillhaven.md").write_text("# Quillhaven\n\nDoran Pell is the mayor of Quillhaven.\n")
+    (docs / "food.txt").write_text("Saltfern stew is made with eel and black barley.")
+    (docs / "notes.bin").write_bytes(b"\x00\x01")
+    out = tmp_path / "cmp"
+    result = invoke("compare", "model=tiny", "systems=[rag]", f"evaluation.corpus={docs}", "retrieval.k=1",
+                    "generation.max_new_tokens=2", f"output_dir={out}")
+    assert result.exit_code == 0, result.output
+    cited = {p for item in json.loads((out / "comparison.json").read_text())["systems"][0]["items"]
+             for p in item["passages"]}
+    assert cited <= {"places/quillhaven.md", "food.txt"} and cited
 
 
 def test_retrieval_puts_the_right_passage_first(tmp_path):
@@ -85,7 +108,7 @@ def test_retrieval_puts_the_right_passage_first(tmp_path):
             {"id": "food", "text": "Saltfern stew is made with eel and black barley."},
             {"id": "people", "text": "Doran Pell is the mayor of Quillhaven."}]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    index = build_index(load_corpus(tmp_path / "docs.jsonl"), words=40, overlap=10)
+    index = build_index(read_documents(tmp_path / "docs.jsonl", "evaluation.corpus"), words=40, overlap=10)
     assert index.search("Who is the mayor?", 1)[0]["id"] == "people"
     assert index.search("What is the stew made of?", 1)[0]["id"] == "food"
     assert index.search("How long is the river?", 2)[0]["id"] == "rivers"
