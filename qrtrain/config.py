@@ -68,6 +68,7 @@ def check_config(cfg) -> None:
     need("training.lr_scheduler", t.lr_scheduler in ("cosine", "linear", "constant"), "one of cosine, linear, constant")
     need("training.dtype", t.dtype in ("auto", "float32", "bfloat16", "float16"), "one of auto, float32, bfloat16, float16")
     need("training.device", t.device in ("auto", "cpu", "cuda"), "one of auto, cpu, cuda")
+    need("training.threads", t.threads == "auto" or (_is_int(t.threads) and t.threads > 0), "auto or a whole number above 0")
     need("training.packing", isinstance(t.packing, bool), "true or false")
     for key in ("gradient_checkpointing", "padding_free", "liger_kernel", "release_freed_memory"):
         need(f"training.{key}", isinstance(t[key], bool) or t[key] == "auto", "auto, true or false")

@@ -57,6 +57,7 @@ def compare(overrides: list[str]) -> Path:
     from qrtrain.evaluation.evaluate import score
     from qrtrain.evaluation.retrieval import build_index
     from qrtrain.models import loading as models
+    from qrtrain.models.threads import set_cpu_threads
     from qrtrain.terminal import quiet_libraries, say
 
     quiet_libraries()
@@ -70,9 +71,10 @@ def compare(overrides: list[str]) -> Path:
 
     base_folder = _base_folder(cfg, adapters)
     device = models.resolve_device(cfg.device)
+    threads = set_cpu_threads(cfg.threads)
     dtype = models.compute_dtype(cfg.dtype, device)
     model = models.load_model_for_inference(base_folder, device, dtype)
-    say(f"comparing {', '.join(systems)} on {len(items)} items; base {base_folder}")
+    say(f"comparing {', '.join(systems)} on {len(items)} items; base {base_folder} on {device} ({threads} CPU threads)")
 
     def run(name: str, tokenizer, use_retrieval: bool, extra: dict, trained: dict | None = None) -> dict:
         """One system on the suite; an adapter is prompted exactly as `qrtrain evaluate` prompts it (the format

@@ -196,11 +196,13 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
 
     from qrtrain.evaluation import generation, report
     from qrtrain.models import loading as models
+    from qrtrain.models.threads import set_cpu_threads
     from qrtrain.terminal import quiet_libraries, say
 
     quiet_libraries()
     base = base_folder_for(cfg, recorded_base)
     device = models.resolve_device(cfg.device)
+    threads = set_cpu_threads(cfg.threads)
     dtype = models.compute_dtype(cfg.dtype, device)
     model = models.load_model_for_inference(base, device, dtype)
     if artifact is not None:
@@ -209,7 +211,7 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
         model = PeftModel.from_pretrained(model, artifact).eval()
     tokenizer = models.load_chat_tokenizer(artifact or base, vision=models.is_vision_language(base))
     say(f"evaluating {artifact or base} on {len(items)} items ({suite}, prompts as trained: "
-        f"{trained['prompt_format']}) on {device}")
+        f"{trained['prompt_format']}) on {device} ({threads} CPU threads)")
 
     prompts = [with_context(i["prompt"], i["context"]) for i in items]
     images = [i["images"] for i in items]

@@ -132,6 +132,7 @@ def load_generator(cfg):
     from qrtrain.artifacts.resolve import resolve_target
     from qrtrain.files import sha256_file
     from qrtrain.models import loading as models
+    from qrtrain.models.threads import set_cpu_threads
     from qrtrain.terminal import quiet_libraries
 
     quiet_libraries()
@@ -143,6 +144,7 @@ def load_generator(cfg):
             raise QrtrainError(f"adapter={cfg.adapter}: not an artifact version (a folder with checksums.json)")
         base = recorded if not cfg.model.get("path") else base
     device = models.resolve_device(cfg.device)
+    set_cpu_threads(cfg.threads)
     dtype = models.compute_dtype(cfg.dtype, device)
     try:
         model = models.load_model_for_inference(base, device, dtype)

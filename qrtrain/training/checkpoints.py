@@ -29,7 +29,8 @@ COMPLETE = ".complete"
 PARTIAL = ".partial"
 RUN_CONFIG = "run_config.json"
 # Keys that do not change the trained weights: where things go, how often to log, evaluate or save.
-NEUTRAL_KEYS = ("artifact", "checkpoint", "resume", "data.eval", "training.logging_steps", "training.eval_steps")
+NEUTRAL_KEYS = ("artifact", "checkpoint", "resume", "data.eval", "training.logging_steps", "training.eval_steps",
+                "training.threads")
 
 
 def result_config(cfg, data_sources: list[dict]) -> dict:
