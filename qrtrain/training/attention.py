@@ -12,15 +12,17 @@ goes to padding, and no dense block mask is built.
 
 import functools
 import inspect
+import math
 
 NAME = "qrtrain_varlen"
 
 
 def varlen_kernel():
-    """torch's variable-length FlashAttention, or None where this torch or device has none."""
+    """torch's variable-length FlashAttention, or None where this torch or GPU has none: FlashAttention
+    needs an Ampere (sm80) or newer GPU; on a T4 or V100 training stays padded."""
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
         return None
     try:
         from torch.nn.attention.varlen import varlen_attn
@@ -30,7 +32,7 @@ def varlen_kernel():
 
 
 def varlen_usable(device: str, dtype) -> bool:
-    """The kernel runs on CUDA in bf16/fp16 only."""
+    """The kernel runs on CUDA sm80+ in bf16/fp16 only."""
     import torch
 
     return device == "cuda" and dtype in (torch.bfloat16, torch.float16) and varlen_kernel() is not None
@@ -74,26 +76,26 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     with a causal and padding mask instead, so every input stays exact."""
     if cu_seq_lens_q is None:
         return _padded_attention(query, key, value, attention_mask, scaling)
-    heads, kv_heads = query.shape[1], key.shape[1]
-    q = query.transpose(1, 2).reshape(-1, heads, query.shape[-1])
-    k = key.transpose(1, 2).reshape(-1, kv_heads, key.shape[-1])
-    v = value.transpose(1, 2).reshape(-1, kv_heads, value.shape[-1])
+    heads, head_dim = query.shape[1], query.shape[-1]
+    q = query.transpose(1, 2).reshape(-1, heads, head_dim)
+    # K/V keep their own (fewer, with GQA) heads: the kernel shares each among its group of query heads.
+    k = key.transpose(1, 2).reshape(-1, key.shape[1], head_dim)
+    v = value.transpose(1, 2).reshape(-1, value.shape[1], head_dim)
+    cu_q = cu_seq_lens_q.to(q.device, non_blocking=True)
+    cu_k = cu_seq_lens_k.to(q.device, non_blocking=True) if cu_seq_lens_k is not None else cu_q
+    max_q = int(max_length_q)
+    max_k = int(max_length_k if max_length_k is not None else max_length_q)
     accepts = _parameters(kernel)
-    options = {"scale": scaling}
     if "window_size" in accepts:  # torch >= 2.11: causal is a (-1, 0) window
-        options["window_size"] = (-1, 0)
-    else:  # torch 2.10
-        options["is_causal"] = True
-    if heads != kv_heads:
-        if "enable_gqa" in accepts:
+        options = {"scale": scaling, "window_size": (-1, 0)}
+        if "enable_gqa" in accepts and heads != key.shape[1]:  # torch >= 2.12 asks for it
             options["enable_gqa"] = True
-        else:
-            k = k.repeat_interleave(heads // kv_heads, dim=1)
-            v = v.repeat_interleave(heads // kv_heads, dim=1)
-    cu_k = cu_seq_lens_k if cu_seq_lens_k is not None else cu_seq_lens_q
-    out = kernel(q, k, v, cu_seq_lens_q.to(q.device, non_blocking=True), cu_k.to(q.device, non_blocking=True),
-                 int(max_length_q), int(max_length_k if max_length_k is not None else max_length_q), **options)
-    return out.reshape(query.shape[0], -1, heads, query.shape[-1]), None
+        out = kernel(q, k, v, cu_q, cu_k, max_q, max_k, **options)
+    else:  # torch 2.10: causal by a flag, and the kernel's own scale 1/sqrt(head_dim)
+        if scaling is not None and not math.isclose(scaling, head_dim ** -0.5, rel_tol=1e-6):
+            q = q * (scaling * math.sqrt(head_dim))
+        out = kernel(q, k, v, cu_q, cu_k, max_q, max_k, True)
+    return out.reshape(query.shape[0], -1, heads, head_dim), None
 
 
 @functools.lru_cache(maxsize=8)
