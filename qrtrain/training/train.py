@@ -41,6 +41,7 @@ def train(cfg, run_dir: Path) -> float:
         name_the_base,
         resolve_device,
     )
+    from qrtrain.models.threads import set_cpu_threads
     from qrtrain.training import checkpoints, data_cache
 
     folder = model_folder(cfg.model)
@@ -69,15 +70,23 @@ def train(cfg, run_dir: Path) -> float:
     checkpoint_dir, checkpoint_lock = checkpoints.claim_folder(checkpoints.checkpoints_folder(cfg, result_config))
     resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
 
+    import torch
+
     from qrtrain.training.attention import choose_attention
-    from qrtrain.training.memory import apply_checkpointing, plan_for_run, release_freed_memory
+    from qrtrain.training.memory import apply_checkpointing, out_of_memory_advice, plan_for_run, release_freed_memory
 
     device = resolve_device(cfg.training.device)
+    threads = set_cpu_threads(cfg.training.threads, "training.threads")
     dtype = compute_dtype(cfg.training.dtype, device)
     padding_free, attention = choose_attention(cfg.training.padding_free, cfg.model_type.name, device, dtype)
-    plan = plan_for_run(cfg, folder, report and report["lengths"], device, dtype, padding_free)  # fails here if it cannot fit
+    plan = plan_for_run(cfg, folder, report and report["lengths"], device, dtype, padding_free)
     if device == "cuda" or plan.checkpointed_layers:
         say(plan.line())
+    if plan.warning:
+        say(plan.warning)
+    # a batch larger than the plan's (rare: the plan is the 99th percentile) checkpoints every layer for its step
+    fallback = (device == "cuda" and cfg.training.gradient_checkpointing == "auto"
+                and (plan.largest_tokens or 0) > plan.tokens and plan.checkpointed_layers < plan.num_layers)
     release_freed_memory(cfg.training.release_freed_memory, device, plan.parts["activations"])
     set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
     emit("loading_model", model=folder.name, device=device)
@@ -92,10 +101,10 @@ def train(cfg, run_dir: Path) -> float:
 
     model = add_lora(model, cfg)
     keep_lora_inputs_in_compute_dtype(model, dtype)
-    apply_checkpointing(model, plan.checkpointed_layers)
+    unplanned_layers = apply_checkpointing(model, plan.checkpointed_layers, fallback)
     trainable, total = check_only_lora_trainable(model)
     base_digest = frozen_digest(model)
-    say(f"model: {folder.name} on {device} ({str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
+    say(f"model: {folder.name} on {device} ({threads} CPU threads, {str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
         f"attention={attention}{', padding-free batches' if padding_free else ''}, "
         f"{trainable:,} of {total:,} parameters trainable (LoRA only)")
 
@@ -109,6 +118,8 @@ def train(cfg, run_dir: Path) -> float:
     trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype,
                             checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop,
                             extensions=extensions, padding_free=padding_free, prepared=cached is not None)
+    if fallback:
+        trainer.checkpoint_above = (plan.tokens, unplanned_layers)
     if cached is None:
         data_cache.save(data_key, trainer, data_sources, report, held_out)
     if resume_from is not None:
@@ -117,7 +128,14 @@ def train(cfg, run_dir: Path) -> float:
     started = time.time()
     stop.install()  # until the version is published: see checkpoints.StopOnSignal
     try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        except torch.OutOfMemoryError:
+            saved = checkpoints.complete_checkpoints(checkpoint_dir)
+            raise QrtrainError(f"out of memory at step {trainer.state.global_step} ({plan.line()}); "
+                               f"{out_of_memory_advice(cfg.training.gradient_checkpointing)}; "
+                               + (f"the last checkpoint ({saved[-1]}) resumes with the same command" if saved
+                                  else "no checkpoint was saved") + "; nothing was published", exit_code=1) from None
         if stop.exit_code is not None:
             saved = checkpoints.complete_checkpoints(checkpoint_dir)
             where = f"checkpoint saved at step {trainer.state.global_step} ({saved[-1]})" if saved else "no checkpoint saved"

@@ -14,13 +14,37 @@ from pathlib import Path
 import torch
 from trl import SFTTrainer
 
+from qrtrain.terminal import say
+from qrtrain.training.memory import step_tokens
+
 
 class SFTTrainerWithoutStepSyncs(SFTTrainer):
     """TRL's SFTTrainer, except that its per-step metrics (entropy, token accuracy, tokens trained) stay on
     the device until a logging step. TRL reads each with `.item()` every step, and each read waits for the
     GPU to drain its queue. The loss is TRL's own formula; the logged values are equal to TRL's (tested).
     Anything but the plain training loss (evaluation, DFT loss, label smoothing, a custom loss, MoE
-    auxiliary loss, sequence parallelism) goes through TRL's compute_loss unchanged."""
+    auxiliary loss, sequence parallelism) goes through TRL's compute_loss unchanged.
+
+    `checkpoint_above` = (planned tokens, the layers the plan left without checkpointing): a micro-batch above the
+    plan's tokens checkpoints those layers too, for its own step (qrtrain/training/memory.py)."""
+
+    checkpoint_above: tuple[int, list] | None = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.checkpoint_above is None or step_tokens(inputs) <= self.checkpoint_above[0]:
+            return super().training_step(model, inputs, num_items_in_batch)
+        planned, layers = self.checkpoint_above
+        if not self.__dict__.get("_said_oversized"):
+            self._said_oversized = True
+            say(f"memory: a micro-batch of {step_tokens(inputs):,} tokens, above the planned {planned:,}: every layer "
+                "is checkpointed for such steps")
+        for layer in layers:
+            layer.gradient_checkpointing = True
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            for layer in layers:
+                layer.gradient_checkpointing = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training and "labels" in inputs:  # evaluation: token-weighted, as `qrtrain evaluate` weighs it

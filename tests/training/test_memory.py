@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from qrtrain.errors import QrtrainError
 from qrtrain.training.memory import (
     GIB,
     apply_checkpointing,
+    decoder_layers,
     estimate,
     plan_checkpointing,
     plan_for_run,
@@ -39,23 +39,25 @@ TABLE = [
     ("1.7B padded 16x2048, dropout", SMOLLM2_1_7B, 16 * 2048, H100_FREE, "auto", "none", 0.05, "some"),
     ("1.7B padding-free typical batch", SMOLLM2_1_7B, 16 * 300, H100_FREE, "auto", "none", 0.0, 0),
     ("1.7B padded 16x2048 on a 20 GB card", SMOLLM2_1_7B, 16 * 2048, 18 * GIB, "auto", "none", 0.0, 24),
-    ("1.7B padded 16x2048 on an 8 GB card", SMOLLM2_1_7B, 16 * 2048, 8 * GIB, "auto", "none", 0.0, "does not fit"),
+    ("1.7B padded 16x2048 on an 8 GB card", SMOLLM2_1_7B, 16 * 2048, 8 * GIB, "auto", "none", 0.0, "lower training.batch_size"),
     ("1.7B forced off where it cannot fit", SMOLLM2_1_7B, 16 * 2048, H100_FREE, False, "none", 0.0, "=auto"),
     ("1.7B forced on", SMOLLM2_1_7B, 16 * 300, H100_FREE, True, "none", 0.0, 24),
     ("8B nf4 16 long examples", LLAMA_3_1_8B, 16 * 1250, H100_FREE, "auto", "nf4", 0.0, "some"),
     ("8B nf4 typical batch", LLAMA_3_1_8B, 16 * 300, H100_FREE, "auto", "nf4", 0.0, 0),
-    ("8B bf16 padded on a 24 GB card", LLAMA_3_1_8B, 16 * 2048, 22 * GIB, "auto", "none", 0.0, "does not fit"),
+    ("8B bf16 padded on a 24 GB card", LLAMA_3_1_8B, 16 * 2048, 22 * GIB, "auto", "none", 0.0, "quantization=nf4"),
     ("CPU: no device limit", SMOLLM2_1_7B, 16 * 2048, None, "auto", "none", 0.0, 0),
 ]
 
 
 @pytest.mark.parametrize("case,dims,tokens,free,setting,quantization,dropout,expected", TABLE, ids=[r[0] for r in TABLE])
 def test_checkpointing_decision(case, dims, tokens, free, setting, quantization, dropout, expected):
-    if isinstance(expected, str) and expected not in ("some",):
-        with pytest.raises(QrtrainError, match=expected):
-            plan(dims, tokens, free, setting, quantization, dropout)
-        return
     chosen = plan(dims, tokens, free, setting, quantization, dropout)
+    if isinstance(expected, str) and expected not in ("some",):
+        # an estimate is never a refusal: the run starts, warned, with what to change if it runs out
+        assert chosen.warning is not None and expected in chosen.warning and "starting anyway" in chosen.warning
+        assert chosen.checkpointed_layers == (0 if setting is False else dims["layers"])
+        return
+    assert chosen.warning is None
     if expected == "some":
         assert 0 < chosen.checkpointed_layers < dims["layers"], chosen.line()
     else:
@@ -88,10 +90,37 @@ def test_estimate_moves_the_right_way():
 
 def test_tokens_per_micro_batch():
     lengths = [100, 700, 3000, 50, 400]
-    assert tokens_per_micro_batch(lengths, 2, 2048, padding_free=True) == 2048 + 700
-    assert tokens_per_micro_batch(lengths, 2, 2048, padding_free=False) == 2 * 2048
-    assert tokens_per_micro_batch(lengths, 8, 512, padding_free=True) == 512 + 512 + 400 + 100 + 50
-    assert tokens_per_micro_batch([], 4, 256, padding_free=False) == 256
+    assert tokens_per_micro_batch(lengths, 2, 2048, padding_free=True)[1] == 2048 + 700
+    assert tokens_per_micro_batch(lengths, 2, 2048, padding_free=False)[1] == 2 * 2048
+    assert tokens_per_micro_batch(lengths, 8, 512, padding_free=True) == (512 + 512 + 400 + 100 + 50,) * 2
+    assert tokens_per_micro_batch([], 4, 256, padding_free=False) == (256, 256)
+    typical, largest = tokens_per_micro_batch(lengths * 20, 2, 2048, padding_free=True)
+    assert typical <= largest == 2 * 2048
+
+
+def bench_lengths() -> list[int]:
+    """The long-tailed lengths of scripts/bench_gpu.py's 3,000 examples (median answer 200, tail to 1,200)."""
+    import math
+    import random
+
+    rng = random.Random(0)
+    return [7 + rng.randint(20, 60) + min(1200, max(8, round(math.exp(rng.gauss(math.log(200), 0.7)))))
+            for _ in range(3000)]
+
+
+@pytest.mark.parametrize("dims,quantization,budget_gb", [(SMOLLM2_1_7B, "none", 11.4), (LLAMA_3_1_8B, "nf4", 16.5)],
+                         ids=["1.7B at plain TRL's 11.4 GB", "8B nf4 at ~16.5 GB"])
+def test_the_plan_is_sized_by_the_batches_the_sampler_makes(dims, quantization, budget_gb):
+    """bench_gpu's memory-matched run: sized for the 16 longest examples (~19.7k tokens) it asked 12.6 GiB (1.7B)
+    or 24.2 GiB (8B nf4) and refused; sized by what random batches of these lengths hold, it fits."""
+    typical, largest = tokens_per_micro_batch(bench_lengths(), 16, 2048, padding_free=True)
+    assert largest > 15_000 and typical < 0.5 * largest
+    worst = plan_checkpointing(dims, largest, int(budget_gb * 1e9), "auto", 2, quantization, 16, "all-linear", 0.0)
+    assert worst.warning is not None  # the old sizing could not fit even with every layer checkpointed
+    chosen = plan_checkpointing(dims, typical, int(budget_gb * 1e9), "auto", 2, quantization, 16, "all-linear", 0.0,
+                                largest)
+    assert chosen.warning is None and chosen.needed <= budget_gb * 1e9
+    assert "checkpoints all layers" in chosen.line() or chosen.checkpointed_layers == dims["layers"]
 
 
 def test_cpu_plan_is_off_unless_forced(tiny_folder):
@@ -99,6 +128,7 @@ def test_cpu_plan_is_off_unless_forced(tiny_folder):
 
     cfg = compose_cfg()
     assert plan_for_run(cfg, tiny_folder, [30, 40], "cpu", torch.float32, False).checkpointed_layers == 0
+    assert plan_for_run(cfg, tiny_folder, [30, 40], "cpu", torch.float32, False).warning is None
     forced = compose_cfg("training.gradient_checkpointing=true")
     assert plan_for_run(forced, tiny_folder, [30, 40], "cpu", torch.float32, False).checkpointed_layers == 2
 
@@ -124,6 +154,82 @@ def test_checkpointing_some_layers_keeps_loss_and_gradients(tiny_folder):
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
     assert all(torch.allclose(grads_a[n], grads_b[n], atol=1e-7) for n in grads_a)
+
+
+def test_a_batch_above_the_plan_checkpoints_every_layer_for_its_step(tmp_path):
+    """The plan's fallback: a micro-batch with more tokens than planned runs with every layer checkpointed,
+    and the next normal batch with the plan's layers again."""
+    from tests.training.test_train import build
+
+    _, model, trainer = build(tmp_path, "training.max_steps=1")
+    unplanned = apply_checkpointing(model, 0, fallback=True)
+    assert len(unplanned) == 2 and not any(layer.gradient_checkpointing for layer in unplanned)
+    seen = []
+    for layer in unplanned:
+        layer.register_forward_pre_hook(lambda module, args: seen.append(module.gradient_checkpointing))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first step
+    trainer.checkpoint_above = (batch["input_ids"].numel() - 1, unplanned)
+    trainer.training_step(model, dict(batch))
+    assert seen == [True, True] and not any(layer.gradient_checkpointing for layer in unplanned)
+    seen.clear()
+    trainer.checkpoint_above = (batch["input_ids"].numel(), unplanned)
+    trainer.training_step(model, dict(batch))
+    assert seen == [False, False]
+
+
+def test_partial_checkpointing_of_a_vision_language_model_picks_text_layers(tmp_path):
+    """k is computed for the text decoder's layers; the vision tower's layers are never among the first k."""
+    from tests.training.test_train import build
+
+    _, model, _ = build(tmp_path, "model=tiny-vlm", "model_type=multimodal", "training.max_steps=1")
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    named = {id(m): n for n, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer)}
+    text = decoder_layers(model)
+    assert text and all("language_model" in named[id(m)] for m in text)
+    assert len(named) > len(text)  # the vision tower has checkpointable layers too
+    apply_checkpointing(model, 1)
+    on = [n for n, m in model.named_modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    assert on == [named[id(text[0])]]
+
+
+def test_the_activation_estimate_is_what_backward_keeps():
+    """Calibration: the bytes autograd keeps for backward (saved_tensors_hooks, each storage once, weights
+    not counted) in one bf16 forward of a small Llama prepared as qrtrain prepares it (LoRA r16 on every
+    linear layer, LoRA inputs kept bf16), per token and layer, against the estimate's figure. Measured:
+    12,598 bytes against 12,992 estimated (+3%; before counting RMSNorm's float32 copies: -5%)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from qrtrain.training.lora import keep_lora_inputs_in_compute_dtype
+
+    dims = {"hidden": 256, "intermediate": 1024, "layers": 4, "heads": 8, "kv_heads": 2, "head_dim": 32,
+            "vocab": 2048, "tied": True}
+    config = LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=2, vocab_size=2048, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+    model = get_peft_model(model, LoraConfig(r=16, target_modules="all-linear", lora_dropout=0.0))
+    keep_lora_inputs_in_compute_dtype(model, torch.bfloat16)
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, 2048, (4, 256))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model.base_model.model.model(input_ids=ids)
+    tokens = ids.numel()
+    final_norm = tokens * dims["hidden"] * (4 + 2)
+    measured = (sum(saved.values()) - final_norm) / tokens / dims["layers"]
+    estimated = estimate(dims, tokens, 0, 2)["activations"] / tokens / (dims["layers"] + 1)
+    assert 0.9 < estimated / measured < 1.1, (estimated, measured)
 
 
 def test_release_freed_memory_only_where_it_pays():
