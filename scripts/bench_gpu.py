@@ -38,7 +38,6 @@ from pathlib import Path
 from benchmarks_md import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|im_start|>", "<|im_end|>", "<|pad|>", "<unk>"]
 ROLES = ["system", "user", "assistant"]
 # Dense bf16 peak of the GPUs this runs on (tensor cores, no sparsity), for model-FLOPs utilisation.
@@ -130,7 +129,7 @@ def command_for(side: str, workload: dict, out_dir: Path, device: str, extra: li
                 "--max-length", str(common["max_length"]), "--learning-rate", str(LEARNING_RATE),
                 *(["--nf4"] if workload["quantization"] == "nf4" else []),
                 *(["--bf16"] if device == "cuda" else ["--cpu"])]
-    return [str(BIN / "qrtrain"), "train", "--config-dir", str(ROOT / "scripts" / "bench_conf"),
+    return [sys.executable, "-m", "qrtrain", "train", "--config-dir", str(ROOT / "scripts" / "bench_conf"),
             "extensions=[bench_timer]", f"model.path={workload['folder']}", "model.name=bench",
             f"data.train={workload['data']}", "data.eval_fraction=0", f"training.max_steps={common['steps']}",
             f"training.batch_size={common['batch']}", f"training.max_length={common['max_length']}",
@@ -143,14 +142,19 @@ def run(side: str, workload: dict, device: str, extra: list[str] = (), profile: 
     """One training in its own process; its timer's record turned into the reported figures."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "timer.json"
-        env = dict(os.environ, BENCH_OUT=str(out), PYTHONPATH=str(ROOT / "scripts"))
+        # scripts/ (the timer) and the checkout itself, before whatever the environment already has on the path
+        paths = [str(ROOT / "scripts"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = dict(os.environ, BENCH_OUT=str(out), PYTHONPATH=os.pathsep.join(paths))
         if profile is not None:
             env["BENCH_PROFILE"] = str(profile)
         started = time.time()
         result = subprocess.run(command_for(side, workload, Path(tmp), device, list(extra)), capture_output=True,
                                 text=True, env=env, cwd=tmp)
-        if result.returncode != 0:
-            raise SystemExit(f"{side} run failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+        if result.returncode != 0 or not out.is_file():
+            said = [line for line in result.stderr.splitlines() if line.startswith(("error:", "qrtrain: memory"))]
+            return {"failed": True, "returncode": result.returncode,
+                    "reason": (said[-1] if said else (result.stderr or result.stdout).strip()[-600:]),
+                    "command": " ".join(command_for(side, workload, Path(tmp), device, list(extra)))}
         record = json.loads(out.read_text())
         chosen = [line for line in result.stderr.splitlines() if "memory: estimate" in line]
     tokens, ends = record["num_tokens"], record["step_ends"]
@@ -194,25 +198,30 @@ def benchmark(name: str, work: Path, device: str, repeats: int, profile: bool, p
     workload = prepare(name, work, device)
     runs = {"plain": [], "qrtrain": []}
 
+    failures = {}
+
     def record(side: str, figures: dict, repeat: int) -> None:
+        """Append the run to the progress file; a failed or refused run is recorded too, and left out of the figures."""
         with open(progress, "a") as f:
             f.write(json.dumps({"workload": name, "side": side, "repeat": repeat, **figures}) + "\n")
+        if figures.get("failed"):
+            failures.setdefault(side, []).append(figures["reason"])
+            print(f"{name} {side} #{repeat}: FAILED (exit {figures['returncode']}): {figures['reason']}", flush=True)
+            return
+        runs.setdefault(side, []).append(figures)
         print(f"{name} {side} #{repeat}: {figures['tokens_per_s']:.0f} tok/s, {figures['peak_gpu_gb']:.1f} GB, "
               f"loss {figures['first_loss']:.3f} -> {figures['last_loss']:.3f}", flush=True)
 
     for repeat in range(repeats):
         for side in (("plain", "qrtrain") if repeat % 2 == 0 else ("qrtrain", "plain")):
-            figures = run(side, workload, device)
-            runs[side].append(figures)
-            record(side, figures, repeat)
+            record(side, run(side, workload, device), repeat)
     result = {"workload": name, "dims": workload["dims"], "quantization": workload["quantization"],
               "batch": workload["batch"], "max_length": workload["max_length"], "steps": workload["steps"],
-              "device": runs["plain"][0]["device"]}
-    if device == "cuda":  # qrtrain held to the plain script's memory: what the speed costs at equal memory
+              "device": next((r[0]["device"] for r in runs.values() if r), device), "failures": failures}
+    if device == "cuda" and runs["plain"]:  # qrtrain held to the plain script's memory: the speed at equal memory
         budget = statistics.median(r["peak_gpu_reserved_gb"] for r in runs["plain"])
-        figures = run("qrtrain", workload, device, [f"training.memory_budget_gib={budget:.2f}"])
-        runs["qrtrain-memory-matched"] = [figures]
-        record("qrtrain-memory-matched", figures, 0)
+        record("qrtrain-memory-matched", run("qrtrain", workload, device, [f"training.memory_budget_gib={budget:.2f}"]), 0)
+    runs = {side: side_runs for side, side_runs in runs.items() if side_runs}
     flops = model_flops_per_token(workload["dims"], workload["lengths"], workload["max_length"])
     peak = peak_tflops(result["device"])
     for side, side_runs in runs.items():
@@ -223,15 +232,19 @@ def benchmark(name: str, work: Path, device: str, repeats: int, profile: bool, p
         result[side]["mfu"] = tps * flops / (peak * 1e12) if peak else None
     result["flops_per_token"] = flops
     result["peak_bf16_tflops"] = peak
-    result["speedup"] = result["qrtrain"]["tokens_per_s"]["median"] / result["plain"]["tokens_per_s"]["median"]
+    both = "plain" in result and "qrtrain" in result
+    result["speedup"] = (result["qrtrain"]["tokens_per_s"]["median"] / result["plain"]["tokens_per_s"]["median"]
+                         if both else None)
     result["memory_ratio"] = (result["qrtrain"]["peak_gpu_gb"]["median"] / result["plain"]["peak_gpu_gb"]["median"]
-                              if result["plain"]["peak_gpu_gb"]["median"] else None)
+                              if both and result["plain"]["peak_gpu_gb"]["median"] else None)
     if profile:
         result["profile"] = {}
         for side in ("plain", "qrtrain"):
             table = work / f"{name}-{side}-profile.txt"
-            run(side, workload, device, profile=table)
-            result["profile"][side] = table.read_text().splitlines()[:16]
+            table.unlink(missing_ok=True)
+            figures = run(side, workload, device, profile=table)
+            result["profile"][side] = (table.read_text().splitlines()[:16] if table.is_file()
+                                       else [f"no profile: {figures.get('reason', 'the run wrote no table')}"])
     with open(progress, "a") as f:
         f.write(json.dumps({"workload": name, "result": result}) + "\n")
     return result
@@ -250,17 +263,19 @@ def markdown(results: list[dict], command: str) -> str:
                   "MFU | time to first step | loss first -> last |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for side in ("plain", "qrtrain", "qrtrain-memory-matched"):
             if side not in r:
+                for reason in r.get("failures", {}).get(side, [])[:1]:
+                    lines.append(f"| {side} | failed: {reason} | - | - | - | - | - |")
                 continue
             s = r[side]
             tps = s["tokens_per_s"]
             lines.append(
                 f"| {side} | {tps['median']:,.0f} ({tps['min']:,.0f}-{tps['max']:,.0f}, n={tps['n']}) | "
-                f"{tps['median'] / r['plain']['tokens_per_s']['median']:.2f}x | "
+                f"{vs_plain(r, tps)} | "
                 f"{s['peak_gpu_gb']['median']:.1f} / {s['peak_gpu_reserved_gb']['median']:.1f} GB | "
                 f"{s['mfu'] * 100:.1f}% | {s['time_to_first_step_s']['median']:.0f} s | "
                 f"{s['first_loss']['median']:.3f} -> {s['last_loss']['median']:.3f} |"
                 if s["mfu"] is not None else
-                f"| {side} | {tps['median']:,.0f} | {tps['median'] / r['plain']['tokens_per_s']['median']:.2f}x | - | - | "
+                f"| {side} | {tps['median']:,.0f} | {vs_plain(r, tps)} | - | - | "
                 f"{s['time_to_first_step_s']['median']:.0f} s | {s['first_loss']['median']:.3f} -> {s['last_loss']['median']:.3f} |")
         lines += ["", f"Model FLOPs per real token: {r['flops_per_token'] / 1e9:.2f} GFLOP (frozen matmuls 4N, LoRA 6 per "
                   f"weight, causal attention at each example's length; recomputation not counted), against "
@@ -272,6 +287,10 @@ def markdown(results: list[dict], command: str) -> str:
             lines += [f"Top kernels, {side}, steps 6-8 (torch.profiler):", "", "```", *table, "```", ""]
     lines.append("<!-- /bench-gpu -->")
     return "\n".join(lines) + "\n"
+
+
+def vs_plain(result: dict, tokens_per_s: dict) -> str:
+    return f"{tokens_per_s['median'] / result['plain']['tokens_per_s']['median']:.2f}x" if "plain" in result else "-"
 
 
 def write_benchmarks(section: str) -> None:
@@ -286,6 +305,7 @@ def main() -> None:
                         help="where models and data are built (kept between runs)")
     parser.add_argument("--progress", type=Path, default=Path("bench_gpu_progress.jsonl"))
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--steps", type=int, help="steps per run instead of the workload's (make gpu-check: 10)")
     parser.add_argument("--smoke", action="store_true", help="the tiny workload, 1 repeat, no profile, no BENCHMARKS.md")
     args = parser.parse_args()
     import torch
@@ -296,12 +316,17 @@ def main() -> None:
     elif device != "cuda":
         raise SystemExit("no CUDA device: run with --smoke to check the benchmark on CPU")
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.steps:
+        for spec in WORKLOADS.values():
+            spec["steps"] = max(2, args.steps)
     results = [benchmark(name, args.work, device, args.repeats, not args.no_profile, args.progress)
                for name in args.workloads]
     for r in results:
-        print(f"{r['workload']}: qrtrain/plain {r['speedup']:.2f}x tokens/s, memory ratio "
-              f"{r['memory_ratio'] if r['memory_ratio'] is None else round(r['memory_ratio'], 2)}", flush=True)
-    if not args.smoke:
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        print(f"{r['workload']}: qrtrain/plain {speedup} tokens/s, memory ratio "
+              f"{r['memory_ratio'] if r['memory_ratio'] is None else round(r['memory_ratio'], 2)}"
+              + (f"; failed runs: {r['failures']}" if r["failures"] else ""), flush=True)
+    if not args.smoke and not args.steps:
         write_benchmarks(markdown(results, "python scripts/bench_gpu.py " + " ".join(sys.argv[1:])))
     print(json.dumps({r["workload"]: {"speedup": r["speedup"], "memory_ratio": r["memory_ratio"]} for r in results}))
 
