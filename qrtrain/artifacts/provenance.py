@@ -100,7 +100,10 @@ def model_card(cfg, metadata: dict, metrics: dict) -> str:
     base = base_model_reference(cfg)
     weights = metadata["base_model"].get("weights", "")
     note = (f"\nThe base weights qrtrain trained against are `{hub_id}`'s {weights}; the file hashes are in "
-            "`metadata.json`.\n" if hub_id and "dequantised" in weights else "")
+            "`metadata.json`. Loading the Hub's original weights instead gives a slightly different base than the "
+            "one trained against (a 4-bit GGUF is not the original); how much that changes the adapter's answers "
+            "was not measured here (no Hub access): `qrtrain evaluate THIS_VERSION model.path=HUB_FOLDER` measures "
+            "it on your machine.\n" if hub_id and "dequantised" in weights else "")
     front_base = f"base_model: {hub_id}\n" if hub_id else ""
     return f"""---
 library_name: peft
