@@ -33,8 +33,8 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def requirements(name: str, extras: tuple = ()) -> list[str]:
-    """The distributions `name` requires here (with the given extras), by canonical name."""
+def requirements(name: str, extras: tuple = ()) -> list[tuple[str, tuple]]:
+    """(distribution, its extras asked for) that `name` requires here (with the given extras)."""
     from packaging.requirements import Requirement
 
     found = []
@@ -44,22 +44,23 @@ def requirements(name: str, extras: tuple = ()) -> list[str]:
         wanted = requirement.marker is None or requirement.marker.evaluate(environment) or any(
             requirement.marker.evaluate({"extra": extra}) for extra in extras)
         if wanted:
-            found.append(canonical(requirement.name))
+            found.append((canonical(requirement.name), tuple(sorted(requirement.extras))))
     return found
 
 
 def closure(roots: list[tuple[str, tuple]]) -> set[str]:
-    seen, todo = set(), list(roots)
+    seen, done, todo = set(), set(), list(roots)
     while todo:
         name, extras = todo.pop()
-        if canonical(name) in seen:
+        if (canonical(name), extras) in done:
             continue
+        done.add((canonical(name), extras))
         try:
             metadata.version(name)
         except metadata.PackageNotFoundError:
             continue  # an optional requirement for another platform
         seen.add(canonical(name))
-        todo += [(n, ()) for n in requirements(name, extras)]
+        todo += requirements(name, extras)  # urllib3[socks] brings pysocks
     return seen
 
 
