@@ -305,6 +305,7 @@ def main() -> None:
                         help="where models and data are built (kept between runs)")
     parser.add_argument("--progress", type=Path, default=Path("bench_gpu_progress.jsonl"))
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="profile even with --smoke")
     parser.add_argument("--steps", type=int, help="steps per run instead of the workload's (make gpu-check: 10)")
     parser.add_argument("--smoke", action="store_true", help="the tiny workload, 1 repeat, no profile, no BENCHMARKS.md")
     args = parser.parse_args()
@@ -312,7 +313,7 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.smoke:
-        args.workloads, args.repeats, args.no_profile = ["smoke"], 1, True
+        args.workloads, args.repeats, args.no_profile = ["smoke"], 1, not args.profile
     elif device != "cuda":
         raise SystemExit("no CUDA device: run with --smoke to check the benchmark on CPU")
     args.work.mkdir(parents=True, exist_ok=True)
