@@ -50,11 +50,7 @@ def train(ctx: typer.Context) -> None:
     if "--debug" in args:
         args.remove("--debug")
         os.environ["QRTRAIN_DEBUG"] = "1"
-    try:
-        code = run_hydra(args)
-    except QrtrainError as error:
-        fail(error)
-    raise typer.Exit(code)
+    raise typer.Exit(run_hydra(args))  # run_hydra reports whatever ends a run unpublished
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -287,18 +286,6 @@ def refuse_deferred_signal() -> None:
         StopOnSignal.deferred = None
         raise QrtrainError(f"interrupted ({signal_name(earlier.received)}) after the previous job published; "
                            "this job did not start", exit_code=code)
-
-
-def report_interrupt(where: str, code: int) -> None:
-    """Say how to resume after SIGINT/SIGTERM and exit 130/143."""
-    from qrtrain.events import emit
-    from qrtrain.terminal import report_error
-
-    overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
-    message = f"interrupted: {where}; resume with: qrtrain train {' '.join(overrides)}".rstrip()
-    emit("interrupted", message=message, exit_code=code)
-    report_error(QrtrainError(message))
-    sys.exit(code)
 
 
 def signal_name(signum: int) -> str:

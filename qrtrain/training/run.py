@@ -32,9 +32,12 @@ def run_hydra(overrides: list[str]) -> int:
         checkpoints.forget_deferred_signal()
     if os.environ.get("QRTRAIN_DEBUG"):
         os.environ["HYDRA_FULL_ERROR"] = "1"
-    check_override_syntax(overrides)
-    check_before_hydra(overrides)
-    check_writable(Path(artifact_root(overrides)))  # Hydra creates its run folder there first
+    try:
+        check_override_syntax(overrides)
+        check_before_hydra(overrides)
+        check_writable(Path(artifact_root(overrides)))  # Hydra creates its run folder there first
+    except QrtrainError as error:
+        return report_end(error)
     sys.argv = ["qrtrain train", *overrides]
     main = hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")(hydra_task)
     try:
@@ -109,23 +112,18 @@ def artifact_root(overrides: list[str]) -> str:
 
 
 def hydra_task(cfg) -> float:
-    """One Hydra job: train and publish; returns the final evaluation loss (the sweep objective)."""
+    """One Hydra job: train and publish; returns the final evaluation loss (the sweep objective). Whatever
+    ends it otherwise (bad input, an interruption, a crash) ends through `report_end`."""
     from hydra.core.hydra_config import HydraConfig
-
-    from qrtrain.terminal import report_error
 
     global _task_started
     _task_started = True
     try:
         from qrtrain.training.train import train
 
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        result = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     except QrtrainError as error:
-        if os.environ.get("QRTRAIN_DEBUG"):
-            traceback.print_exc()
-        emit("failed", message=error.message, exit_code=error.exit_code)
-        report_error(error)
-        sys.exit(error.exit_code)
+        sys.exit(report_end(error))
     except KeyboardInterrupt:
         emit("interrupted", message="interrupted (SIGINT) before training started", exit_code=130)
         raise
@@ -137,6 +135,19 @@ def hydra_task(cfg) -> float:
                        "checkpoints are kept; free space, then run the same command to resume")
         else:
             message = f"training failed: {type(error).__name__}: {error} (rerun with --debug for the traceback)"
-        emit("failed", message=message, exit_code=1)
-        report_error(QrtrainError(message))
-        sys.exit(1)
+        sys.exit(report_end(QrtrainError(message, exit_code=1)))
+    if result.exit_code:  # interrupted: how to resume
+        sys.exit(report_end(QrtrainError(result.message, exit_code=result.exit_code), event="interrupted"))
+    return result.objective
+
+
+def report_end(error: QrtrainError, event: str = "failed") -> int:
+    """The one way `qrtrain train` ends without publishing: the event, the message (the traceback too, with
+    --debug), and the exit code to end with (2 bad input, 1 failed, 130/143 interrupted)."""
+    from qrtrain.terminal import report_error
+
+    if os.environ.get("QRTRAIN_DEBUG") and event == "failed":
+        traceback.print_exception(error)
+    emit(event, message=error.message, exit_code=error.exit_code)
+    report_error(error)
+    return error.exit_code

@@ -1,16 +1,20 @@
-"""The training story, top to bottom: check config -> tokenizer -> load and check data (or take it
-prepared from the data cache) -> plan memory -> load the model -> add LoRA -> build trainer -> train ->
-evaluate -> check the base is untouched -> publish.
+"""The training recipe: a short story over named phases that hand each other small typed objects.
 
     qrtrain train model=tiny training.max_steps=5
 
+    start_run -> load_base (Base) -> prepare_data (PreparedData) -> plan_run (RunPlan)
+    -> load_for_training (LoadedModel) -> build_run (the trainer) -> fit -> check the base -> publish_run
+    -> TrainResult
+
 Fine-tuning is TRL's SFTTrainer with PEFT LoRA (QLoRA through bitsandbytes); `qrtrain.training.run`
-hands the command line to Hydra, which calls `train` once per job.
+hands the command line to Hydra, which calls `train` once per job and turns its TrainResult, or the
+QrtrainError it raises, into the message, the event and the exit code (the one failure path).
 """
 
 import json
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrtrain.artifacts.versions import check_writable
@@ -19,10 +23,94 @@ from qrtrain.events import emit, write_events_to
 from qrtrain.terminal import quiet_libraries, say
 
 
-def train(cfg, run_dir: Path) -> float:
-    """Train and publish one version; returns the final evaluation loss (the sweep objective)."""
-    from qrtrain.config import check_config, name_for_data
-    from qrtrain.training.datasets import check_token_lengths, hash_sources, load_datasets
+@dataclass
+class Base:
+    """The base model as loaded: its folder (named from what it holds) and its tokenizer or processor."""
+    folder: Path
+    tokenizer: object
+
+
+@dataclass
+class PreparedData:
+    """Checked, tokenized training and evaluation sets, and what they came from."""
+    train_set: object
+    eval_set: object | None
+    sources: list[dict]  # every source with its role, rows and sha256
+    report: dict | None  # token lengths and truncation (None for multimodal: counted on the fly)
+    held_out: object | None  # the split held out of data.train, published as eval_split.jsonl
+    key: str  # the data cache's key
+    from_cache: bool
+
+
+@dataclass
+class RunPlan:
+    """Where and how this run trains, decided before the model is loaded."""
+    device: str
+    dtype: object
+    threads: int
+    padding_free: bool
+    attention: str
+    memory: object  # qrtrain.training.memory.MemoryPlan
+    fallback: bool  # a batch above the plan checkpoints every layer for its step
+    result_config: dict
+    checkpoint_dir: Path
+    checkpoint_lock: object
+    resume_from: Path | None
+
+
+@dataclass
+class LoadedModel:
+    """The base with LoRA, checkpointing applied, and the digest its frozen weights must keep."""
+    model: object
+    base_digest: str
+    unplanned_layers: list
+
+
+@dataclass
+class TrainResult:
+    """What a run ended with: a published version (exit 0), or an interruption (130/143) that says how to resume."""
+    exit_code: int = 0
+    message: str | None = None
+    version: Path | None = None
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def objective(self) -> float:
+        """The sweep objective: the final evaluation loss, else the training loss."""
+        return float(self.metrics.get("eval_loss", self.metrics.get("train_loss", float("nan"))))
+
+
+def train(cfg, run_dir: Path) -> TrainResult:
+    """Train and publish one version."""
+    start_run(cfg, run_dir)
+    base = load_base(cfg)
+    data = prepare_data(cfg, base)
+    plan = plan_run(cfg, base, data)
+    loaded = load_for_training(cfg, base, plan)
+    trainer, stop = build_run(cfg, base, data, plan, loaded, run_dir)
+    stop.install()  # until the version is published: see checkpoints.StopOnSignal
+    try:
+        result = fit(cfg, trainer, stop, plan, data)
+        if result.exit_code:
+            return result
+        check_base_untouched(loaded)
+        if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
+            return result
+        if stop.exit_code is not None:
+            return interrupted(stop, "after training, before publishing; nothing was published")
+        stop.publishing = True
+        result.version = publish_run(cfg, trainer, base, data, plan, loaded, result.metrics)
+    finally:
+        if not stop.publishing:
+            stop.uninstall()
+        # once publishing began, signals stay deferred until the process exits: a published run exits 0
+    finish(plan, stop, result)
+    return result
+
+
+def start_run(cfg, run_dir: Path) -> None:
+    """Events go to the run folder; the config is checked and the artifact root writable before anything loads."""
+    from qrtrain.config import check_config
     from qrtrain.training.memory import prefer_huge_pages
 
     prefer_huge_pages()  # before the first tensor
@@ -31,156 +119,201 @@ def train(cfg, run_dir: Path) -> float:
     check_config(cfg)
     check_writable(Path(cfg.artifact.root))
     quiet_libraries()
-    from transformers import set_seed
 
-    from qrtrain.models.loading import (
-        compute_dtype,
-        load_model,
-        load_tokenizer,
-        model_folder,
-        name_the_base,
-        resolve_device,
-    )
-    from qrtrain.models.threads import set_cpu_threads
-    from qrtrain.training import checkpoints, data_cache
+
+def load_base(cfg) -> Base:
+    """The base model's folder, named from what it holds (model.path), and the artifact named for the data."""
+    from qrtrain.config import name_for_data
+    from qrtrain.models.loading import load_tokenizer, model_folder, name_the_base
 
     folder = model_folder(cfg.model)
     name_the_base(cfg.model, folder)  # model.path: named from what was loaded (and artifact.name with it)
     name_for_data(cfg)  # user data: its own artifact, not the next version of the demo's
-    tokenizer = load_tokenizer(folder, cfg.model_type.name)  # the processor for multimodal
-    data_key = data_cache.cache_key(cfg, tokenizer)
-    cached = data_cache.load(data_key)  # the same data, tokenizer and settings prepared before: no re-reading
-    if cached is None:
-        train_set, eval_set, data_sources = load_datasets(cfg)
-        data_sources = hash_sources(data_sources)
-        report = None if cfg.model_type.name == "multimodal" else check_token_lengths(train_set, tokenizer,
-                                                                                      cfg.training.max_length)
-        held_out = eval_set
-    else:
-        train_set, eval_set, data_sources, report, held_out = cached
-    evaluated = len(eval_set) if eval_set is not None else 0
-    if report is None:  # multimodal: image tokens are counted by the processor, on the fly
-        say(f"data: {len(train_set)} training examples with images, {evaluated} evaluation examples")
-    else:
-        say(f"data: {report['examples']} training examples ({report['truncated']} truncated to {cfg.training.max_length} "
-            f"tokens, {report['all_loss_tokens_cut']} dropped: no loss token left), {evaluated} evaluation examples"
-            + (" (prepared before: from the data cache)" if cached else ""))
+    return Base(folder, load_tokenizer(folder, cfg.model_type.name))  # the processor for multimodal
 
-    result_config = checkpoints.result_config(cfg, data_sources)
+
+def prepare_data(cfg, base: Base) -> PreparedData:
+    """Read and check the data and tokenize it (TRL's preparation), or take it prepared from the data cache."""
+    from qrtrain.training import data_cache
+    from qrtrain.training.datasets import check_token_lengths, hash_sources, load_datasets
+
+    key = data_cache.cache_key(cfg, base.tokenizer)
+    cached = data_cache.load(key)  # the same data, tokenizer and settings prepared before: no re-reading
+    if cached is None:
+        train_set, eval_set, sources = load_datasets(cfg)
+        report = None if cfg.model_type.name == "multimodal" else check_token_lengths(train_set, base.tokenizer,
+                                                                                      cfg.training.max_length)
+        data = PreparedData(train_set, eval_set, hash_sources(sources), report, eval_set, key, from_cache=False)
+    else:
+        train_set, eval_set, sources, report, held_out = cached
+        data = PreparedData(train_set, eval_set, sources, report, held_out, key, from_cache=True)
+    evaluated = len(data.eval_set) if data.eval_set is not None else 0
+    if data.report is None:  # multimodal: image tokens are counted by the processor, on the fly
+        say(f"data: {len(data.train_set)} training examples with images, {evaluated} evaluation examples")
+    else:
+        r = data.report
+        say(f"data: {r['examples']} training examples ({r['truncated']} truncated to {cfg.training.max_length} "
+            f"tokens, {r['all_loss_tokens_cut']} dropped: no loss token left), {evaluated} evaluation examples"
+            + (" (prepared before: from the data cache)" if data.from_cache else ""))
+    return data
+
+
+def plan_run(cfg, base: Base, data: PreparedData) -> RunPlan:
+    """Checkpoints to resume from, device, dtype, threads, attention and the memory plan."""
+    from qrtrain.models.loading import compute_dtype, resolve_device
+    from qrtrain.models.threads import set_cpu_threads
+    from qrtrain.training import checkpoints
+    from qrtrain.training.attention import choose_attention
+    from qrtrain.training.memory import plan_for_run, release_freed_memory
+
+    result_config = checkpoints.result_config(cfg, data.sources)
     checkpoint_dir, checkpoint_lock = checkpoints.claim_folder(checkpoints.checkpoints_folder(cfg, result_config))
     resume_from = checkpoints.choose_resume(cfg, checkpoint_dir, result_config)
-
-    import torch
-
-    from qrtrain.training.attention import choose_attention
-    from qrtrain.training.memory import apply_checkpointing, out_of_memory_advice, plan_for_run, release_freed_memory
-
     device = resolve_device(cfg.training.device)
     threads = set_cpu_threads(cfg.training.threads, "training.threads")
     dtype = compute_dtype(cfg.training.dtype, device)
     padding_free, attention = choose_attention(cfg.training.padding_free, cfg.model_type.name, device, dtype)
-    plan = plan_for_run(cfg, folder, report and report["lengths"], device, dtype, padding_free)
-    if device == "cuda" or plan.checkpointed_layers:
-        say(plan.line())
-    if plan.warning:
-        say(plan.warning)
+    memory = plan_for_run(cfg, base.folder, data.report and data.report["lengths"], device, dtype, padding_free)
+    if device == "cuda" or memory.checkpointed_layers:
+        say(memory.line())
+    if memory.warning:
+        say(memory.warning)
     # a batch larger than the plan's (rare: the plan is the 99th percentile) checkpoints every layer for its step
     fallback = (device == "cuda" and cfg.training.gradient_checkpointing == "auto"
-                and (plan.largest_tokens or 0) > plan.tokens and plan.checkpointed_layers < plan.num_layers)
-    release_freed_memory(cfg.training.release_freed_memory, device, plan.parts["activations"])
-    set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
-    emit("loading_model", model=folder.name, device=device)
-    model = load_model(folder, cfg, device, dtype, attention)
+                and (memory.largest_tokens or 0) > memory.tokens and memory.checkpointed_layers < memory.num_layers)
+    release_freed_memory(cfg.training.release_freed_memory, device, memory.parts["activations"])
+    return RunPlan(device, dtype, threads, padding_free, attention, memory, fallback, result_config,
+                   checkpoint_dir, checkpoint_lock, resume_from)
 
+
+def load_for_training(cfg, base: Base, plan: RunPlan) -> LoadedModel:
+    """The base on its device, LoRA added (its initial weights drawn from the seed), checkpointing applied."""
+    from transformers import set_seed
+
+    from qrtrain.models.loading import load_model
     from qrtrain.training.lora import (
         add_lora,
         check_only_lora_trainable,
         frozen_digest,
         keep_lora_inputs_in_compute_dtype,
     )
+    from qrtrain.training.memory import apply_checkpointing
 
-    model = add_lora(model, cfg)
-    keep_lora_inputs_in_compute_dtype(model, dtype)
-    unplanned_layers = apply_checkpointing(model, plan.checkpointed_layers, fallback)
+    set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
+    emit("loading_model", model=base.folder.name, device=plan.device)
+    model = add_lora(load_model(base.folder, cfg, plan.device, plan.dtype, plan.attention), cfg)
+    keep_lora_inputs_in_compute_dtype(model, plan.dtype)
+    unplanned = apply_checkpointing(model, plan.memory.checkpointed_layers, plan.fallback)
     trainable, total = check_only_lora_trainable(model)
-    base_digest = frozen_digest(model)
-    say(f"model: {folder.name} on {device} ({threads} CPU threads, {str(dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, "
-        f"attention={attention}{', padding-free batches' if padding_free else ''}, "
-        f"{trainable:,} of {total:,} parameters trainable (LoRA only)")
+    say(f"model: {base.folder.name} on {plan.device} ({plan.threads} CPU threads, "
+        f"{str(plan.dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, attention={plan.attention}"
+        f"{', padding-free batches' if plan.padding_free else ''}, {trainable:,} of {total:,} parameters trainable "
+        "(LoRA only)")
+    return LoadedModel(model, frozen_digest(model), unplanned)
 
+
+def build_run(cfg, base: Base, data: PreparedData, plan: RunPlan, loaded: LoadedModel, run_dir: Path):
+    """(the trainer, the signal handler): extensions, callbacks, the data cache filled, resume states loaded."""
+    from qrtrain.training import checkpoints, data_cache
     from qrtrain.training.extensions import build_extensions, load_states
+    from qrtrain.training.trainer import build_trainer
 
     extensions = build_extensions(cfg)
     checkpoints.refuse_deferred_signal()  # a sweep's earlier job was signalled after it published
     stop = checkpoints.StopOnSignal()
-    from qrtrain.training.trainer import build_trainer
+    trainer = build_trainer(cfg, loaded.model, base.tokenizer, data.train_set, data.eval_set, run_dir, plan.device,
+                            plan.dtype, checkpoint_dir=plan.checkpoint_dir, result_config=plan.result_config,
+                            stop=stop, extensions=extensions, padding_free=plan.padding_free,
+                            prepared=data.from_cache)
+    if plan.fallback:
+        trainer.checkpoint_above = (plan.memory.tokens, loaded.unplanned_layers)
+    if not data.from_cache:
+        data_cache.save(data.key, trainer, data.sources, data.report, data.held_out)
+    if plan.resume_from is not None:
+        load_states(extensions, plan.resume_from, str(next(loaded.model.parameters()).device))
+        say(f"resuming from step {plan.resume_from.name.split('-')[1]} ({plan.resume_from})")
+    return trainer, stop
 
-    trainer = build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir, device, dtype,
-                            checkpoint_dir=checkpoint_dir, result_config=result_config, stop=stop,
-                            extensions=extensions, padding_free=padding_free, prepared=cached is not None)
-    if fallback:
-        trainer.checkpoint_above = (plan.tokens, unplanned_layers)
-    if cached is None:
-        data_cache.save(data_key, trainer, data_sources, report, held_out)
-    if resume_from is not None:
-        load_states(extensions, resume_from, str(next(model.parameters()).device))
-        say(f"resuming from step {resume_from.name.split('-')[1]} ({resume_from})")
+
+def fit(cfg, trainer, stop, plan: RunPlan, data: PreparedData) -> TrainResult:
+    """Train (from the checkpoint chosen, if any), then evaluate: the metrics, or the interruption."""
+    import torch
+
+    from qrtrain.training import checkpoints
+    from qrtrain.training.memory import out_of_memory_advice
+
     started = time.time()
-    stop.install()  # until the version is published: see checkpoints.StopOnSignal
     try:
-        try:
-            result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        except torch.OutOfMemoryError:
-            saved = checkpoints.complete_checkpoints(checkpoint_dir)
-            raise QrtrainError(f"out of memory at step {trainer.state.global_step} ({plan.line()}); "
-                               f"{out_of_memory_advice(cfg.training.gradient_checkpointing)}; "
-                               + (f"the last checkpoint ({saved[-1]}) resumes with the same command" if saved
-                                  else "no checkpoint was saved") + "; nothing was published", exit_code=1) from None
-        if stop.exit_code is not None:
-            saved = checkpoints.complete_checkpoints(checkpoint_dir)
-            where = f"checkpoint saved at step {trainer.state.global_step} ({saved[-1]})" if saved else "no checkpoint saved"
-            checkpoints.report_interrupt(where, stop.exit_code)
-        metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
-                   "global_step": trainer.state.global_step,
-                   "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)}
-        if eval_set is not None:
-            emit("evaluating", step=trainer.state.global_step)
-            metrics.update(trainer.evaluate())
+        result = trainer.train(resume_from_checkpoint=str(plan.resume_from) if plan.resume_from else None)
+    except torch.OutOfMemoryError:
+        saved = checkpoints.complete_checkpoints(plan.checkpoint_dir)
+        raise QrtrainError(f"out of memory at step {trainer.state.global_step} ({plan.memory.line()}); "
+                           f"{out_of_memory_advice(cfg.training.gradient_checkpointing)}; "
+                           + (f"the last checkpoint ({saved[-1]}) resumes with the same command" if saved
+                              else "no checkpoint was saved") + "; nothing was published", exit_code=1) from None
+    if stop.exit_code is not None:
+        saved = checkpoints.complete_checkpoints(plan.checkpoint_dir)
+        return interrupted(stop, f"checkpoint saved at step {trainer.state.global_step} ({saved[-1]})" if saved
+                           else "no checkpoint saved")
+    metrics = {"train_loss": result.training_loss, "train_runtime_s": round(time.time() - started, 3),
+               "global_step": trainer.state.global_step,
+               "num_tokens": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h),
+                                  None)}
+    if data.eval_set is not None:
+        emit("evaluating", step=trainer.state.global_step)
+        metrics.update(trainer.evaluate())
+    return TrainResult(metrics=metrics)
 
-        if frozen_digest(model) != base_digest:
-            raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
-        if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
-            return float(metrics.get("eval_loss", metrics["train_loss"]))
-        if stop.exit_code is not None:
-            checkpoints.report_interrupt("after training, before publishing; nothing was published", stop.exit_code)
 
-        stop.publishing = True
-        emit("publishing")
-        try:
-            version = publish(cfg, trainer, tokenizer, metrics, data_sources, folder, device, base_digest, held_out)
-        except OSError as error:
-            raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
-                               "nothing was published and earlier versions are untouched; free space or choose "
-                               "another artifact.root, then run the same command to resume", exit_code=1) from None
-        # the training is done: its checkpoints served their purpose, and so did those of earlier runs of this
-        # artifact that were interrupted and then changed (no live run holds them)
-        checkpoints.discard_checkpoints(list(checkpoint_dir.glob("checkpoint-*")))
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        checkpoints.remove_abandoned(Path(cfg.artifact.root), cfg.artifact.name)
-    finally:
-        if not stop.publishing:
-            stop.uninstall()
-        # once publishing began, signals stay deferred until the process exits: a published run exits 0
-    if checkpoint_lock is not None:
-        checkpoint_lock.close()
+def interrupted(stop, where: str) -> TrainResult:
+    """The result of a run stopped by SIGINT/SIGTERM: where it stopped and the command that resumes it."""
+    import sys
+
+    overrides = [a for a in sys.argv[1:] if a not in ("-m", "--multirun")]
+    return TrainResult(stop.exit_code, f"interrupted: {where}; resume with: qrtrain train {' '.join(overrides)}".rstrip())
+
+
+def check_base_untouched(loaded: LoadedModel) -> None:
+    from qrtrain.training.lora import frozen_digest
+
+    if frozen_digest(loaded.model) != loaded.base_digest:
+        raise QrtrainError("the base weights changed during training; nothing was published", exit_code=1)
+
+
+def publish_run(cfg, trainer, base: Base, data: PreparedData, plan: RunPlan, loaded: LoadedModel,
+                metrics: dict) -> Path:
+    """Publish the version, then remove this training's checkpoints and those of abandoned runs of the artifact."""
+    from qrtrain.training import checkpoints
+
+    emit("publishing")
+    try:
+        version = publish(cfg, trainer, base.tokenizer, metrics, data.sources, base.folder, plan.device,
+                          loaded.base_digest, data.held_out)
+    except OSError as error:
+        raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
+                           "nothing was published and earlier versions are untouched; free space or choose "
+                           "another artifact.root, then run the same command to resume", exit_code=1) from None
+    # the training is done: its checkpoints served their purpose, and so did those of earlier runs of this
+    # artifact that were interrupted and then changed (no live run holds them)
+    checkpoints.discard_checkpoints(list(plan.checkpoint_dir.glob("checkpoint-*")))
+    shutil.rmtree(plan.checkpoint_dir, ignore_errors=True)
+    checkpoints.remove_abandoned(Path(cfg.artifact.root), cfg.artifact.name)
+    return version
+
+
+def finish(plan: RunPlan, stop, result: TrainResult) -> None:
+    from qrtrain.training import checkpoints
+
+    if plan.checkpoint_lock is not None:
+        plan.checkpoint_lock.close()
     if stop.received is not None:
         say(f"a signal ({checkpoints.signal_name(stop.received)}) arrived while publishing: the version was completed "
             "first, and it is whole")
-    emit("done", version=str(version), train_loss=metrics["train_loss"], eval_loss=metrics.get("eval_loss"),
-         global_step=metrics["global_step"])
-    say(f"published {version}; check it with: qrtrain verify {version}")
-    print(version)
-    return float(metrics.get("eval_loss", metrics["train_loss"]))
+    m = result.metrics
+    emit("done", version=str(result.version), train_loss=m["train_loss"], eval_loss=m.get("eval_loss"),
+         global_step=m["global_step"])
+    say(f"published {result.version}; check it with: qrtrain verify {result.version}")
+    print(result.version)
 
 
 def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], base_folder: Path, device: str,
