@@ -203,7 +203,7 @@ def apply_checkpointing(model, layers: int, fallback: bool = False) -> list:
     kept = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m not in decoder[:layers]]
     for layer in kept:
         layer.gradient_checkpointing = False
-    return [m for m in decoder[layers:]]
+    return decoder[layers:]
 
 
 def step_tokens(inputs: dict) -> int:
