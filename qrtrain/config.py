@@ -85,6 +85,8 @@ def check_config(cfg) -> None:
          or (_is_list(targets) and len(targets) > 0 and all(isinstance(x, str) and x for x in targets)),
          "all-linear or a list of module names, e.g. [q_proj,v_proj]")
 
+    problems += method_problems(cfg)
+
     decay = cfg.strategy.layer_decay
     need("strategy.layer_decay", decay is None or (_is_number(decay) and 0 < decay <= 1), "null or a number in (0, 1]")
 
@@ -115,7 +117,54 @@ def check_config(cfg) -> None:
         raise QrtrainError("invalid config:\n  " + "\n  ".join(problems) + "\nfix these overrides (qrtrain train --help lists the keys)")
 
 
-GROUPS = ("model", "model_type", "strategy", "quantization")
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL 1.16's DPOConfig
+
+
+def method_problems(cfg) -> list[str]:
+    """What is wrong with the method's settings (conf/method/) and with what it is combined with."""
+    m, problems = cfg.method, []
+
+    def need(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            problems.append(f"{key}={_select(cfg, key)!r}: expected {expected}")
+
+    need("init_adapter", cfg.init_adapter is None or (isinstance(cfg.init_adapter, str) and cfg.init_adapter != ""),
+         "null or a version: NAME/vN, NAME (its latest) or a version folder")
+    if m.name == "sft":
+        return problems
+    need("method.beta", _is_number(m.beta) and m.beta > 0, "a number above 0, e.g. 0.1")
+    if cfg.model_type.name == "multimodal":
+        problems.append(f"method={m.name} with model_type=multimodal: preference tuning takes text (dialogue or "
+                        "standard); use method=sft for images")
+    if cfg.training.packing is True:
+        problems.append(f"training.packing=true with method={m.name}: preference pairs are not packed; "
+                        "set training.packing=false")
+    if cfg.training.padding_free is True:
+        problems.append(f"training.padding_free=true with method={m.name}: TRL's preference trainers pad their "
+                        "batches (TRL 1.16); use training.padding_free=auto")
+    if m.name == "dpo":
+        losses = [m.loss_type] if isinstance(m.loss_type, str) else list(m.loss_type or [])
+        need("method.loss_type", bool(losses) and all(x in DPO_LOSSES for x in losses),
+             f"one of {', '.join(DPO_LOSSES)}, or a list of them")
+        need("method.loss_weights", m.loss_weights is None or (_is_list(m.loss_weights) and len(m.loss_weights)
+             == len(losses) and all(_is_number(w) and w >= 0 for w in m.loss_weights)),
+             f"null or {len(losses)} numbers, one per method.loss_type")
+        need("method.label_smoothing", _is_number(m.label_smoothing) and 0 <= m.label_smoothing < 0.5,
+             "a number in [0, 0.5)")
+    if m.name == "kto":
+        need("method.loss_type", m.loss_type in ("kto", "apo_zero_unpaired"), "kto or apo_zero_unpaired")
+        for key in ("desirable_weight", "undesirable_weight"):
+            need(f"method.{key}", _is_number(m[key]) and m[key] > 0, "a number above 0")
+    if m.name == "simpo":
+        need("method.gamma", _is_number(m.gamma) and m.gamma >= 0, "a number, 0 or more, e.g. 0.5")
+        need("method.cpo_alpha", _is_number(m.cpo_alpha) and m.cpo_alpha >= 0, "a number, 0 or more")
+        need("method.label_smoothing", _is_number(m.label_smoothing) and 0 <= m.label_smoothing < 0.5,
+             "a number in [0, 0.5)")
+    return problems
+
+
+GROUPS = ("model", "model_type", "method", "strategy", "quantization")
 OPEN_SECTIONS = ("extensions", "hydra")  # extensions take user config folders; hydra is Hydra's
 
 
@@ -210,7 +259,13 @@ def name_for_data(cfg) -> None:
     stem = re.sub(r"[^a-z0-9._-]+", "-", Path(sources[0]).stem.lower()).strip("-.") or "data"
     stem = stem[:40] + (f"-and-{len(sources) - 1}-more" if len(sources) > 1 else "")
     with open_dict(cfg):
-        cfg.artifact.name = f"{cfg.model.name}-{stem}-{cfg.model_type.name}"[:100].rstrip("-.")
+        cfg.artifact.name = f"{cfg.model.name}-{stem}-{cfg.model_type.name}{cfg.method.suffix}"[:100].rstrip("-.")
+
+
+def demo_option(cfg):
+    """Where the shipped demo data of this run is named: the method's pairs for preference tuning, else the
+    model type's examples (demo_train, demo_eval)."""
+    return cfg.method if cfg.method.name != "sft" else cfg.model_type
 
 
 def train_sources(cfg) -> list[str]:

@@ -16,7 +16,7 @@ from qrtrain.files import sha256_file
 
 
 def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path, device: str, base_digest: str,
-                     extensions: dict) -> dict:
+                     extensions: dict, parent=None) -> dict:
     """metadata.json's contents (the version number is added when the version is published)."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     return {
@@ -34,6 +34,8 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
                       if p.suffix in (".safetensors", ".json", ".jinja", ".model", ".txt") and p.is_file()},
         },
         "model_type": cfg.model_type.name,
+        "method": method_record(cfg),
+        "parent": parent.record() if parent is not None else None,  # qrtrain/artifacts/lineage.py
         "strategy": cfg.strategy.name,
         "quantization": cfg.quantization.name,
         "datasets": [dict(source, synth_provenance=synth) if (synth := synth_provenance(source)) else source
@@ -47,6 +49,14 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
         "extensions": extensions,
         "prompt": prompt_format(data_sources, tokenizer),
     }
+
+
+def method_record(cfg) -> dict:
+    """The training method and its settings (conf/method/), minus where its demo data lives."""
+    from omegaconf import OmegaConf
+
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    return {k: v for k, v in method.items() if k not in ("suffix", "demo_train", "demo_eval")}
 
 
 ALPACA_TEMPLATE = "### Instruction:\n{instruction}\n\n[### Input:\n{input}\n\n]### Response:\n"

@@ -56,8 +56,14 @@ def verify_path(path: Path, base: Path | None = None) -> list[dict]:
     raise QrtrainError(f"{path}: expected an artifact version folder, an artifact name folder or a .tar.gz bundle")
 
 
-def verify_version(folder: Path, base: Path | None = None) -> dict:
+def verify_version(folder: Path, base: Path | None = None, seen: frozenset = frozenset()) -> dict:
+    from qrtrain.artifacts.lineage import check_parent
+
     result = verify_contents(str(folder), folder_contents(Path(folder)), base)
+    if isinstance(result.get("metadata"), dict):  # a version from init_adapter: its parent, when it is here
+        check_parent(Path(folder), result["metadata"], lambda *p: result["problems"].append(
+            dict(zip(("file", "check", "message"), p))), result["notes"].append, seen)
+        result["verified"] = not result["problems"]
     named = Path(folder).name
     if re.fullmatch(r"v\d+", named):  # a copy of v1 placed as v537 is not v537
         recorded = (result.get("metadata") or {}).get("version")
@@ -195,7 +201,7 @@ def verify_contents(label: str, contents: dict, base: Path | None = None) -> dic
             check_adapter_config(contents, tensors["adapter_model.safetensors"], fail)
     if base is not None and metadata is not None:
         check_base(Path(base), metadata, fail)
-    return {"path": label, "verified": not problems, "files": len(on_disk),
+    return {"path": label, "verified": not problems, "files": len(on_disk), "notes": [],
             "root_digest": manifest["root_digest"] if manifest else None, "problems": problems,
             "metadata": metadata if isinstance(metadata, dict) else None}
 
@@ -444,6 +450,8 @@ def print_results(results: list[dict], as_json: bool) -> None:
 
     console = table_console()
     for result in results:
+        for note in result.get("notes", []):
+            console.print(f"note: {note}")
         if result["verified"]:
             console.print(f"[green]verified[/] {result['path']}: {result['files']} files, root digest {result['root_digest']}")
             continue

@@ -19,7 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from qrtrain import __version__
-from qrtrain.config import train_sources
+from qrtrain.config import demo_option, train_sources
 from qrtrain.data.rows import DEMO_DIR
 from qrtrain.files import sha256_file
 
@@ -30,9 +30,9 @@ def cache_key(cfg, tokenizer) -> str | None:
     """The content key, or None where nothing is cached (multimodal: TRL prepares images on the fly)."""
     from omegaconf import OmegaConf
 
-    if cfg.model_type.name == "multimodal":
-        return None
-    paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / cfg.model_type.demo_train]
+    if cfg.model_type.name == "multimodal" or cfg.method.name in ("orpo", "simpo"):
+        return None  # ORPO and SimPO: trl.experimental's trainers tokenize in __init__, with no way to skip it
+    paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / demo_option(cfg).demo_train]
     if cfg.data.eval is not None:
         paths.append(Path(cfg.data.eval))
     if not all(p.is_file() for p in paths):  # a saved-dataset folder: hashed file by file elsewhere; not cached
@@ -42,7 +42,7 @@ def cache_key(cfg, tokenizer) -> str | None:
         "files": [sha256_file(p) for p in paths],
         "data": OmegaConf.to_container(cfg.data, resolve=True),
         "max_length": cfg.training.max_length, "packing": cfg.training.packing,
-        "model_type": cfg.model_type.name, "seed": cfg.seed,
+        "model_type": cfg.model_type.name, "method": cfg.method.name, "seed": cfg.seed,
         "tokenizer": hashlib.sha256(backend.to_str().encode()).hexdigest() if backend else type(tokenizer).__name__,
         "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
         "special": [tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token],

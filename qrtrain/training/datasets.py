@@ -2,12 +2,13 @@
 
     qrtrain train data.train=my.jsonl                   # text | prompt/completion | messages | instruction/output
     qrtrain train data.train=[a.jsonl,b.parquet] data.weights=[3,1]
+    qrtrain train method=dpo data.train=pairs.jsonl     # preference rows: qrtrain/data/preference.py
 """
 
 from pathlib import Path
 
 from qrtrain.artifacts.manifest import build_manifest
-from qrtrain.config import train_sources
+from qrtrain.config import demo_option, train_sources
 from qrtrain.data.rows import DEMO_DIR, load_source
 from qrtrain.errors import QrtrainError
 from qrtrain.files import sha256_file
@@ -21,12 +22,23 @@ def unify(sources: list[list[dict]]) -> list[list[dict]]:
 
 
 def load_datasets(cfg):
-    """(train, eval, sources): datasets.Dataset objects (eval may be None) and [{path, role, rows}] per source."""
+    """(train, eval, sources): datasets.Dataset objects (eval may be None) and [{path, role, rows}] per source.
+    SFT rows (qrtrain/data/rows.py) or, for a preference method, preference rows (qrtrain/data/preference.py)."""
     from datasets import Dataset, interleave_datasets
 
-    model_type = cfg.model_type.name
-    paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / cfg.model_type.demo_train]
-    sources = unify([load_source(p, model_type) for p in paths])
+    from qrtrain.data.preference import load_preference_source
+
+    model_type, method = cfg.model_type.name, cfg.method.name
+
+    def read(path: Path) -> list[dict]:
+        if method != "sft":
+            return load_preference_source(path, method, model_type)
+        return load_source(path, model_type)
+
+    demo = demo_option(cfg)
+    paths = [Path(p) for p in train_sources(cfg)] or [DEMO_DIR / demo.demo_train]
+    sources = [read(p) for p in paths]
+    sources = unify(sources) if method == "sft" else sources
     described = [{"path": str(p), "role": "train", "rows": len(rows), "format": prompt_format(rows, model_type)}
                  for p, rows in zip(paths, sources)]
     datasets = [Dataset.from_list(rows) for rows in sources]
@@ -39,11 +51,11 @@ def load_datasets(cfg):
                                     stopping_strategy="all_exhausted")
     if cfg.data.eval is not None:
         check_eval_is_not_train(Path(cfg.data.eval), paths)
-        eval_set = Dataset.from_list(unify([load_source(Path(cfg.data.eval), model_type)])[0])
+        eval_set = Dataset.from_list(unify([read(Path(cfg.data.eval))])[0])
         described.append({"path": str(cfg.data.eval), "role": "eval", "rows": len(eval_set)})
-    elif cfg.data.train is None and cfg.model_type.demo_eval:
-        eval_set = Dataset.from_list(load_source(DEMO_DIR / cfg.model_type.demo_eval, model_type))
-        described.append({"path": str(DEMO_DIR / cfg.model_type.demo_eval), "role": "eval", "rows": len(eval_set)})
+    elif cfg.data.train is None and demo.demo_eval:
+        eval_set = Dataset.from_list(read(DEMO_DIR / demo.demo_eval))
+        described.append({"path": str(DEMO_DIR / demo.demo_eval), "role": "eval", "rows": len(eval_set)})
     elif cfg.data.eval_fraction > 0 and len(train) >= 2:
         held_out = min(max(1, round(len(train) * cfg.data.eval_fraction)), cfg.data.eval_max_examples)
         split = train.train_test_split(test_size=held_out, seed=cfg.seed)

@@ -40,6 +40,15 @@ def add_lora(model, cfg):
                            "[q_proj,v_proj], or use all-linear") from None
 
 
+def continue_lora(model, parent):
+    """The parent version's LoRA (init_adapter), trainable. DPO and KTO copy it, frozen, into an adapter named
+    `ref` that they use as the reference model (TRL 1.16's DPOTrainer/KTOTrainer given a PeftModel): the
+    reference is the parent, at the cost of a second copy of the LoRA weights, not of the base."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(parent.folder), is_trainable=True)
+
+
 # Module names of the vision side of common vision-language models (LLaVA, Idefics3/SmolVLM, Qwen-VL).
 VISION_MODULES = r".*(vision_tower|vision_model|visual|multi_modal_projector|mm_projector|connector).*"
 

@@ -76,8 +76,10 @@ def layer_linears(dims: dict) -> dict:
 
 
 def estimate(dims: dict, tokens: int, checkpointed: int, dtype_bytes: int, quantization: str = "none",
-             lora_r: int = 16, lora_targets="all-linear", lora_dropout: float = 0.0) -> dict:
-    """Bytes by part: weights, LoRA (weights, gradients, AdamW state), activations, LM head, reserve."""
+             lora_r: int = 16, lora_targets="all-linear", lora_dropout: float = 0.0, reference: bool = False) -> dict:
+    """Bytes by part: weights, LoRA (weights, gradients, AdamW state), activations, LM head, reserve; and, for
+    DPO and KTO, the reference forward (no gradients: one layer's hidden states in flight and the LM head's tile,
+    freed before the policy's backward)."""
     linears = layer_linears(dims)
     targets = linears if lora_targets == "all-linear" else {n: linears[n] for n in lora_targets if n in linears}
     h, layers = dims["hidden"], dims["layers"]
@@ -102,6 +104,9 @@ def estimate(dims: dict, tokens: int, checkpointed: int, dtype_bytes: int, quant
     head = (tokens * (h * (dtype_bytes + 4) + 7 * 4)  # the final hidden states, their float32 gradient, statistics
             + min(tokens, LOGITS_CHUNK_TOKENS) * min(dims["vocab"], LOGITS_CHUNK_VOCAB) * dtype_bytes)
     parts = {"weights": weights, "lora+optimizer": lora, "activations": activations, "lm head": head}
+    if reference:
+        parts["reference"] = (tokens * (3 * h * max(4, dtype_bytes) + 7 * 4)
+                              + min(tokens, LOGITS_CHUNK_TOKENS) * min(dims["vocab"], LOGITS_CHUNK_VOCAB) * dtype_bytes)
     subtotal = sum(parts.values())
     parts["reserve"] = RESERVE_BYTES + RESERVE_FRACTION * subtotal
     return {name: int(size) for name, size in parts.items()}
@@ -127,14 +132,15 @@ def tokens_per_micro_batch(lengths: list[int], batch_size: int, max_length: int,
 
 
 def plan_checkpointing(dims: dict, tokens: int, free: int | None, setting, dtype_bytes: int, quantization: str,
-                       lora_r: int, lora_targets, lora_dropout: float, largest_tokens: int | None = None) -> MemoryPlan:
+                       lora_r: int, lora_targets, lora_dropout: float, largest_tokens: int | None = None,
+                       reference: bool = False) -> MemoryPlan:
     """How many layers to checkpoint: all (setting true), none (false), or the fewest that fit (auto). Where
     none fits, the plan carries a warning (with what to change) instead of refusing: the estimate is not
     the device, and a real out-of-memory error is reported with the same advice."""
     layers = dims["layers"]
 
     def plan(k: int) -> MemoryPlan:
-        parts = estimate(dims, tokens, k, dtype_bytes, quantization, lora_r, lora_targets, lora_dropout)
+        parts = estimate(dims, tokens, k, dtype_bytes, quantization, lora_r, lora_targets, lora_dropout, reference)
         return MemoryPlan(k, layers, sum(parts.values()), free, tokens, parts, largest_tokens)
 
     if setting is True or setting is False:
@@ -158,7 +164,9 @@ def out_of_memory_advice(setting) -> str:
 
 def plan_for_run(cfg, folder, token_lengths: list[int] | None, device: str, dtype, padding_free: bool) -> MemoryPlan:
     """The plan for a training config: on CUDA from the model's config and the device's free memory (or
-    training.memory_budget_gib); on CPU checkpointing is off unless training.gradient_checkpointing=true."""
+    training.memory_budget_gib); on CPU checkpointing is off unless training.gradient_checkpointing=true.
+    Paired preference methods (dpo, orpo, simpo) hold both answers of each row in one micro-batch, padded to
+    the longer (token_lengths are each row's longer side); DPO and KTO add the reference forward."""
     import torch
     from omegaconf import OmegaConf
     from transformers import AutoConfig
@@ -167,6 +175,8 @@ def plan_for_run(cfg, folder, token_lengths: list[int] | None, device: str, dtyp
     dims = model_dims(AutoConfig.from_pretrained(folder))
     lengths = token_lengths if token_lengths is not None else [t.max_length] * t.batch_size
     tokens, largest = tokens_per_micro_batch(lengths, t.batch_size, t.max_length, padding_free)
+    sides = 2 if cfg.method.name in ("dpo", "orpo", "simpo") else 1
+    tokens, largest = tokens * sides, largest * sides
     setting, free = t.gradient_checkpointing, None
     if device == "cuda":
         free = torch.cuda.mem_get_info()[0]
@@ -177,7 +187,8 @@ def plan_for_run(cfg, folder, token_lengths: list[int] | None, device: str, dtyp
     targets = cfg.lora.target_modules
     targets = targets if isinstance(targets, str) else OmegaConf.to_container(targets)
     return plan_checkpointing(dims, tokens, free, setting, torch.finfo(dtype).bits // 8, cfg.quantization.name,
-                              cfg.lora.r, targets, cfg.lora.dropout, largest)
+                              cfg.lora.r, targets, cfg.lora.dropout, largest,
+                              reference=cfg.method.name in ("dpo", "kto"))
 
 
 def decoder_layers(model) -> list:

@@ -1,12 +1,15 @@
 """The training recipe: a short story over named phases that hand each other small typed objects.
 
     qrtrain train model=tiny training.max_steps=5
+    qrtrain train model=tiny method=dpo init_adapter=tiny-dialogue/v1 training.max_steps=5
 
     start_run -> load_base (Base) -> prepare_data (PreparedData) -> plan_run (RunPlan)
     -> load_for_training (LoadedModel) -> build_run (the trainer) -> fit -> check the base -> publish_run
     -> TrainResult
 
-Fine-tuning is TRL's SFTTrainer with PEFT LoRA (QLoRA through bitsandbytes); `qrtrain.training.run`
+Fine-tuning is TRL's SFTTrainer with PEFT LoRA (QLoRA through bitsandbytes); a preference method (DPO, KTO,
+ORPO, SimPO: conf/method/) is the sibling story, sharing every phase but the data's preparation and the
+trainer (qrtrain/training/preference.py). `qrtrain.training.run`
 hands the command line to Hydra, which calls `train` once per job and turns its TrainResult, or the
 QrtrainError it raises, into the message, the event and the exit code (the one failure path).
 """
@@ -25,9 +28,11 @@ from qrtrain.terminal import quiet_libraries, say
 
 @dataclass
 class Base:
-    """The base model as loaded: its folder (named from what it holds) and its tokenizer or processor."""
+    """The base model as loaded: its folder (named from what it holds), its tokenizer or processor, and the
+    verified version this run continues (init_adapter), if any."""
     folder: Path
     tokenizer: object
+    parent: object | None = None  # qrtrain.artifacts.lineage.Parent
 
 
 @dataclass
@@ -84,7 +89,7 @@ def train(cfg, run_dir: Path) -> TrainResult:
     """Train and publish one version."""
     start_run(cfg, run_dir)
     base = load_base(cfg)
-    data = prepare_data(cfg, base)
+    data = prepare_data(cfg, base) if cfg.method.name == "sft" else prepare_preference_data(cfg, base)
     plan = plan_run(cfg, base, data)
     loaded = load_for_training(cfg, base, plan)
     trainer, stop = build_run(cfg, base, data, plan, loaded, run_dir)
@@ -122,14 +127,22 @@ def start_run(cfg, run_dir: Path) -> None:
 
 
 def load_base(cfg) -> Base:
-    """The base model's folder, named from what it holds (model.path), and the artifact named for the data."""
+    """The base model's folder, named from what it holds (model.path), the artifact named for the data, and the
+    init_adapter version verified and checked to be of this base."""
+    from qrtrain.artifacts.lineage import check_same_base, resolve_parent
     from qrtrain.config import name_for_data
     from qrtrain.models.loading import load_tokenizer, model_folder, name_the_base
 
+    parent = resolve_parent(cfg.init_adapter, Path(cfg.artifact.root)) if cfg.init_adapter else None
     folder = model_folder(cfg.model)
     name_the_base(cfg.model, folder)  # model.path: named from what was loaded (and artifact.name with it)
     name_for_data(cfg)  # user data: its own artifact, not the next version of the demo's
-    return Base(folder, load_tokenizer(folder, cfg.model_type.name))  # the processor for multimodal
+    if parent is not None:
+        check_same_base(parent, folder, cfg.model_type.name)
+        say(f"starting from {parent.label()} (root digest {parent.root_digest[:16]}...)"
+            + ("; the reference model is its adapter (TRL's frozen copy, `ref`)" if cfg.method.name in ("dpo", "kto")
+               else ""))
+    return Base(folder, load_tokenizer(folder, cfg.model_type.name), parent)  # the processor for multimodal
 
 
 def prepare_data(cfg, base: Base) -> PreparedData:
@@ -158,6 +171,28 @@ def prepare_data(cfg, base: Base) -> PreparedData:
     return data
 
 
+def prepare_preference_data(cfg, base: Base) -> PreparedData:
+    """Preference rows read and checked (qrtrain/data/preference.py), counted per side; or from the data cache
+    (DPO, KTO: TRL's tokenized sets)."""
+    from qrtrain.training import data_cache
+    from qrtrain.training.datasets import hash_sources, load_datasets
+    from qrtrain.training.preference import preference_token_report, report_line
+
+    key = data_cache.cache_key(cfg, base.tokenizer)
+    cached = data_cache.load(key)
+    if cached is None:
+        train_set, eval_set, sources = load_datasets(cfg)
+        report = preference_token_report(train_set, base.tokenizer, cfg.training.max_length)
+        data = PreparedData(train_set, eval_set, hash_sources(sources), report, eval_set, key, from_cache=False)
+    else:
+        train_set, eval_set, sources, report, held_out = cached
+        data = PreparedData(train_set, eval_set, sources, report, held_out, key, from_cache=True)
+    evaluated = len(data.eval_set) if data.eval_set is not None else 0
+    say(f"data: {report_line(data.report, cfg.training.max_length)}, {evaluated} evaluation rows, "
+        f"method={cfg.method.name}" + (" (prepared before: from the data cache)" if data.from_cache else ""))
+    return data
+
+
 def plan_run(cfg, base: Base, data: PreparedData) -> RunPlan:
     """Checkpoints to resume from, device, dtype, threads, attention and the memory plan."""
     from qrtrain.models.loading import compute_dtype, resolve_device
@@ -173,6 +208,7 @@ def plan_run(cfg, base: Base, data: PreparedData) -> RunPlan:
     threads = set_cpu_threads(cfg.training.threads, "training.threads")
     dtype = compute_dtype(cfg.training.dtype, device)
     padding_free, attention = choose_attention(cfg.training.padding_free, cfg.model_type.name, device, dtype)
+    padding_free = padding_free and cfg.method.name == "sft"  # TRL's preference trainers pad (DPO: "temporarily")
     memory = plan_for_run(cfg, base.folder, data.report and data.report["lengths"], device, dtype, padding_free)
     if device == "cuda" or memory.checkpointed_layers:
         say(memory.line())
@@ -194,6 +230,7 @@ def load_for_training(cfg, base: Base, plan: RunPlan) -> LoadedModel:
     from qrtrain.training.lora import (
         add_lora,
         check_only_lora_trainable,
+        continue_lora,
         frozen_digest,
         keep_lora_inputs_in_compute_dtype,
     )
@@ -201,7 +238,8 @@ def load_for_training(cfg, base: Base, plan: RunPlan) -> LoadedModel:
 
     set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
     emit("loading_model", model=base.folder.name, device=plan.device)
-    model = add_lora(load_model(base.folder, cfg, plan.device, plan.dtype, plan.attention), cfg)
+    model = load_model(base.folder, cfg, plan.device, plan.dtype, plan.attention)
+    model = add_lora(model, cfg) if base.parent is None else continue_lora(model, base.parent)
     keep_lora_inputs_in_compute_dtype(model, plan.dtype)
     unplanned = apply_checkpointing(model, plan.memory.checkpointed_layers, plan.fallback)
     trainable, total = check_only_lora_trainable(model)
@@ -216,15 +254,21 @@ def build_run(cfg, base: Base, data: PreparedData, plan: RunPlan, loaded: Loaded
     """(the trainer, the signal handler): extensions, callbacks, the data cache filled, resume states loaded."""
     from qrtrain.training import checkpoints, data_cache
     from qrtrain.training.extensions import build_extensions, load_states
+    from qrtrain.training.preference import build_preference_trainer
     from qrtrain.training.trainer import build_trainer
 
     extensions = build_extensions(cfg)
     checkpoints.refuse_deferred_signal()  # a sweep's earlier job was signalled after it published
     stop = checkpoints.StopOnSignal()
-    trainer = build_trainer(cfg, loaded.model, base.tokenizer, data.train_set, data.eval_set, run_dir, plan.device,
-                            plan.dtype, checkpoint_dir=plan.checkpoint_dir, result_config=plan.result_config,
-                            stop=stop, extensions=extensions, padding_free=plan.padding_free,
-                            prepared=data.from_cache)
+    shared = dict(checkpoint_dir=plan.checkpoint_dir, result_config=plan.result_config, stop=stop,
+                  extensions=extensions)
+    if cfg.method.name == "sft":
+        trainer = build_trainer(cfg, loaded.model, base.tokenizer, data.train_set, data.eval_set, run_dir,
+                                plan.device, plan.dtype, padding_free=plan.padding_free, prepared=data.from_cache,
+                                **shared)
+    else:
+        trainer = build_preference_trainer(cfg, loaded.model, base.tokenizer, data.train_set, data.eval_set,
+                                           run_dir, plan.device, plan.dtype, **shared)
     if plan.fallback:
         trainer.checkpoint_above = (plan.memory.tokens, loaded.unplanned_layers)
     if not data.from_cache:
@@ -288,7 +332,7 @@ def publish_run(cfg, trainer, base: Base, data: PreparedData, plan: RunPlan, loa
     emit("publishing")
     try:
         version = publish(cfg, trainer, base.tokenizer, metrics, data.sources, base.folder, plan.device,
-                          loaded.base_digest, data.held_out)
+                          loaded.base_digest, data.held_out, base.parent)
     except OSError as error:
         raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
                            "nothing was published and earlier versions are untouched; free space or choose "
@@ -317,7 +361,7 @@ def finish(plan: RunPlan, stop, result: TrainResult) -> None:
 
 
 def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], base_folder: Path, device: str,
-            base_digest: str, eval_set=None) -> Path:
+            base_digest: str, eval_set=None, parent=None) -> Path:
     """Save the adapter, tokenizer, config, metrics, metadata and model card as the next version."""
     from omegaconf import OmegaConf
 
@@ -329,7 +373,7 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
     with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
         for peft_config in trainer.model.peft_config.values():  # a name that resolves on other machines
             peft_config.base_model_name_or_path = base_model_reference(cfg)
-        trainer.model.save_pretrained(staging)
+        trainer.model.save_pretrained(staging, selected_adapters=["default"])  # not the frozen reference, `ref`
         tokenizer.save_pretrained(staging)
         (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
         write_json(staging / "training_metrics.json",
@@ -339,6 +383,6 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
             split.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in eval_set), encoding="utf-8")
             data_sources = [dict(s, sha256=sha256_file(split)) if s["role"] == "eval-split" else s for s in data_sources]
         metadata = version_metadata(cfg, tokenizer, data_sources, base_folder, device, base_digest,
-                                    describe_extensions(cfg))
+                                    describe_extensions(cfg), parent)
         (staging / "README.md").write_text(model_card(cfg, metadata, metrics), encoding="utf-8")
         return publish_version(staging, metadata)

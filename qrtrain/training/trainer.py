@@ -1,4 +1,5 @@
-"""The SFTTrainer for a run: SFTConfig from the config, the collator, the optimizer, and the callbacks.
+"""The SFTTrainer for a run: SFTConfig from the config, the collator, the optimizer, and the callbacks
+(the callbacks and TrainingArguments every method shares are built here too).
 
     qrtrain train model=tiny training.max_steps=5 training.batch_size=4
     qrtrain train model=tiny training.padding_free=true   # one row per batch, no padding (auto: on CUDA)
@@ -18,15 +19,10 @@ from qrtrain.terminal import say
 from qrtrain.training.memory import step_tokens
 
 
-class SFTTrainerWithoutStepSyncs(SFTTrainer):
-    """TRL's SFTTrainer, except that its per-step metrics (entropy, token accuracy, tokens trained) stay on
-    the device until a logging step. TRL reads each with `.item()` every step, and each read waits for the
-    GPU to drain its queue. The loss is TRL's own formula; the logged values are equal to TRL's (tested).
-    Anything but the plain training loss (evaluation, DFT loss, label smoothing, a custom loss, MoE
-    auxiliary loss, sequence parallelism) goes through TRL's compute_loss unchanged.
-
-    `checkpoint_above` = (planned tokens, the layers the plan left without checkpointing): a micro-batch above the
-    plan's tokens checkpoints those layers too, for its own step (qrtrain/training/memory.py)."""
+class PlannedCheckpointing:
+    """A Trainer's `training_step` (its documented seam), for every method's trainer: `checkpoint_above` =
+    (planned tokens, the layers the plan left without checkpointing); a micro-batch above the plan's tokens
+    checkpoints those layers too, for its own step (qrtrain/training/memory.py)."""
 
     checkpoint_above: tuple[int, list] | None = None
 
@@ -45,6 +41,16 @@ class SFTTrainerWithoutStepSyncs(SFTTrainer):
         finally:
             for layer in layers:
                 layer.gradient_checkpointing = False
+
+
+class SFTTrainerWithoutStepSyncs(PlannedCheckpointing, SFTTrainer):
+    """TRL's SFTTrainer, except that its per-step metrics (entropy, token accuracy, tokens trained) stay on
+    the device until a logging step. TRL reads each with `.item()` every step, and each read waits for the
+    GPU to drain its queue. The loss is TRL's own formula; the logged values are equal to TRL's (tested).
+    Anything but the plain training loss (evaluation, DFT loss, label smoothing, a custom loss, MoE
+    auxiliary loss, sequence parallelism) goes through TRL's compute_loss unchanged.
+
+    Planned checkpointing's fallback comes from PlannedCheckpointing."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training and "labels" in inputs:  # evaluation: token-weighted, as `qrtrain evaluate` weighs it
@@ -102,31 +108,32 @@ class SFTTrainerWithoutStepSyncs(SFTTrainer):
         super().log(logs, start_time)
 
 
-def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype,
-                  checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None,
-                  extensions: dict | None = None, padding_free: bool = False, prepared: bool = False):
-    from transformers import PrinterCallback
-    from trl import SFTConfig
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    from qrtrain.training.checkpoints import PARTIAL, AtomicCheckpoints
-    from qrtrain.training.datasets import data_processes
+def callbacks_for(cfg, run_dir: Path, checkpoint_dir: Path | None, result_config: dict | None, stop,
+                  extensions: dict) -> list:
+    """Progress, extensions, metrics.jsonl, TensorBoard, atomic checkpoints and the signal handler: every method's."""
+    from qrtrain.training.checkpoints import AtomicCheckpoints
     from qrtrain.training.progress import MetricsFile, ProgressEvents, RichProgress, tensorboard_callback
-    from qrtrain.training.strategy import build_optimizer
 
-    t = cfg.training
-    evaluate_every = eval_set is not None and t.eval_steps > 0
-    saving = checkpoint_dir is not None and cfg.checkpoint.every_steps > 0
-    extensions = extensions or {}
     # extensions first: what they add to the logs reaches metrics.jsonl and TensorBoard
     callbacks = [RichProgress(), ProgressEvents(), *extensions.values(), MetricsFile(run_dir / "metrics.jsonl"),
                  tensorboard_callback(run_dir / "tensorboard")]
-    if saving:
+    if checkpoint_dir is not None and cfg.checkpoint.every_steps > 0:
         callbacks.append(AtomicCheckpoints(checkpoint_dir, result_config, cfg.checkpoint.keep_last,
                                            cfg.checkpoint.best_metric, cfg.checkpoint.greater_is_better, extensions))
     if stop is not None:
         callbacks.append(stop)
-    args = SFTConfig(
+    return callbacks
+
+
+def common_args(cfg, train_set, eval_set, run_dir: Path, device: str, dtype, checkpoint_dir: Path | None) -> dict:
+    """The TrainingArguments every method's TRL config takes from `training` and `checkpoint` alike."""
+    from qrtrain.training.checkpoints import PARTIAL
+    from qrtrain.training.datasets import data_processes
+
+    t = cfg.training
+    evaluate_every = eval_set is not None and t.eval_steps > 0
+    saving = checkpoint_dir is not None and cfg.checkpoint.every_steps > 0
+    return dict(
         output_dir=str(checkpoint_dir / PARTIAL) if saving else str(run_dir / "checkpoints"),
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
@@ -136,14 +143,8 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         weight_decay=t.weight_decay,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
-        packing=t.packing,
         gradient_checkpointing=False,  # qrtrain.training.memory decides and applies it, layer by layer
-        use_liger_kernel=use_liger_kernel(t.liger_kernel, device),
         logging_nan_inf_filter=False,  # its isnan check reads the loss on the host every step
-        # A prepared set (the data cache) carries its labels, assistant-only already; TRL's check that the data is
-        # conversational would look at the prepared (packed: input_ids only) rows and refuse them.
-        assistant_only_loss=cfg.model_type.name in ("dialogue", "multimodal") and not prepared,
-        max_length=None if cfg.model_type.name == "multimodal" else t.max_length,  # image tokens must not be cut
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=device == "cpu",
@@ -156,6 +157,28 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         report_to="none",
         disable_tqdm=True,
         dataset_num_proc=data_processes(len(train_set)),
+    )
+
+
+def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype,
+                  checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None,
+                  extensions: dict | None = None, padding_free: bool = False, prepared: bool = False):
+    """The SFT trainer (method=sft); qrtrain/training/preference.py builds the preference methods' trainers."""
+    from transformers import PrinterCallback
+    from trl import SFTConfig
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from qrtrain.training.strategy import build_optimizer
+
+    t = cfg.training
+    args = SFTConfig(
+        **common_args(cfg, train_set, eval_set, run_dir, device, dtype, checkpoint_dir),
+        packing=t.packing,
+        use_liger_kernel=use_liger_kernel(t.liger_kernel, device),
+        # A prepared set (the data cache) carries its labels, assistant-only already; TRL's check that the data is
+        # conversational would look at the prepared (packed: input_ids only) rows and refuse them.
+        assistant_only_loss=cfg.model_type.name in ("dialogue", "multimodal") and not prepared,
+        max_length=None if cfg.model_type.name == "multimodal" else t.max_length,  # image tokens must not be cut
         dataset_kwargs={"skip_prepare_dataset": True} if prepared else None,  # from qrtrain's data cache
     )
     collator = None
@@ -170,7 +193,7 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         eval_dataset=eval_set,
         processing_class=tokenizer,
         optimizers=(build_optimizer(model, cfg), None),
-        callbacks=callbacks,
+        callbacks=callbacks_for(cfg, run_dir, checkpoint_dir, result_config, stop, extensions or {}),
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
