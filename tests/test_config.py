@@ -5,7 +5,7 @@ import pytest
 from qrtrain.config import check_config, compose, conf_dir, group_options
 from qrtrain.errors import QrtrainError
 
-GROUPS = ["model", "model_type", "strategy", "quantization"]
+GROUPS = ["model", "model_type", "method", "strategy", "quantization"]
 CASES = [(group, option) for group in GROUPS for option in group_options(group)]
 
 
@@ -14,6 +14,7 @@ def test_groups_have_their_documented_options():
     assert set(group_options("model_type")) >= {"standard", "dialogue"}
     assert set(group_options("strategy")) >= {"standard", "finetune"}
     assert set(group_options("quantization")) >= {"none", "int8", "nf4"}
+    assert set(group_options("method")) >= {"sft", "dpo", "kto", "orpo", "simpo"}
 
 
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])

@@ -36,10 +36,12 @@ class Parent:
 
 
 def find_version(reference: str, root: Path) -> Path | None:
-    """NAME/vN or NAME (its latest) under the artifact root, or a version folder path."""
+    """NAME/vN or NAME (its latest) under the artifact root, or a version folder given as an absolute or
+    ./relative path."""
     from qrtrain.artifacts.versions import LATEST_NAME, read_latest
 
-    for candidate in (Path(root) / reference, Path(reference)):
+    as_folder = Path(reference).is_absolute() or reference.startswith(".")  # NAME/vN is always under the root
+    for candidate in [Path(root) / reference] + ([Path(reference)] if as_folder else []):
         if (candidate / LATEST_NAME).is_file() and not (candidate / MANIFEST_NAME).exists():
             candidate = read_latest(candidate)
         if (candidate / MANIFEST_NAME).is_file():
@@ -54,7 +56,7 @@ def resolve_parent(reference: str, root: Path) -> Parent:
     folder = find_version(reference, root)
     if folder is None:
         raise QrtrainError(f"init_adapter={reference}: no such version under {root} (nor a version folder); "
-                           "give NAME/vN as `qrtrain list` shows it, or a version folder")
+                           "give NAME/vN as `qrtrain list` shows it, or a version folder as /path or ./path")
     result = verify_version(folder)
     if not result["verified"]:
         listed = "; ".join(f"{p['file']}: {p['message']}" for p in result["problems"][:5])

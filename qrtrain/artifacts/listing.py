@@ -39,6 +39,9 @@ def list_versions(root: Path) -> list[dict]:
                 "base_model": text((metadata.get("base_model") or {}).get("name")
                                    if isinstance(metadata.get("base_model"), dict) else None),
                 "model_type": text(metadata.get("model_type")),
+                "method": text((metadata.get("method") or {}).get("name") if isinstance(metadata.get("method"), dict)
+                               else "sft"),
+                "parent": lineage(metadata.get("parent")),
                 "strategy": text(metadata.get("strategy")),
                 "quantization": text(metadata.get("quantization")),
                 "eval_loss": metrics.get("eval_loss") if isinstance(metrics.get("eval_loss"), (int, float)) else None,
@@ -119,6 +122,13 @@ def data_line(data: list[dict]) -> str:
     return ", ".join(f"{d['role']} {d['source']} {d['rows']} rows {(d['sha256'] or '?')[:8]}" for d in data) or "?"
 
 
+def lineage(parent) -> dict | None:
+    """The recorded parent (init_adapter) as {name, version, root_digest}, or None."""
+    if not isinstance(parent, dict):
+        return None
+    return {key: text(parent.get(key)) for key in ("name", "version", "root_digest")}
+
+
 def text(value) -> str | None:
     """A string field as read from a file that may be damaged: a string, or None."""
     return value if isinstance(value, str) else None
@@ -131,11 +141,13 @@ def print_versions(rows: list[dict], as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="qrtrain artifacts", title_justify="left")
-    for column in ("artifact", "version", "created", "base model", "type/strategy/quant", "data", "eval loss", "size",
-                   "verified"):
+    for column in ("artifact", "version", "created", "base model", "method", "from", "type/strategy/quant", "data",
+                   "eval loss", "size", "verified"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["artifact"], r["version"], r["created"] or "?", r["base_model"] or "?",
+        parent = r.get("parent")
+        table.add_row(r["artifact"], r["version"], r["created"] or "?", r["base_model"] or "?", r["method"] or "?",
+                      f"{parent['name']}/{parent['version']}" if parent else "-",
                       f"{r['model_type']}/{r['strategy']}/{r['quantization']}", data_line(r["data"]),
                       f"{r['eval_loss']:.4f}" if isinstance(r["eval_loss"], (int, float)) else "-",
                       f"{r['size_bytes'] / 1e6:.1f} MB", "[green]yes[/]" if r["verified"] else "[red]NO[/]")

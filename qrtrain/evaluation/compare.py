@@ -41,7 +41,7 @@ def resolve_adapters(cfg) -> list[Path]:
 def compare(overrides: list[str]) -> Path:
     from qrtrain.artifacts.resolve import resolve_target
     from qrtrain.config import compose
-    from qrtrain.evaluation.evaluate import suite_items, suite_name, trained_as, with_context
+    from qrtrain.evaluation.evaluate import preference_section, suite_items, suite_name, trained_as, with_context
 
     cfg = compose(overrides, config_name="compare")
     systems = list(cfg.systems)
@@ -88,10 +88,14 @@ def compare(overrides: list[str]) -> Path:
         answers = generation.generate_answers(model, tokenizer, prompts, cfg.generation.batch_size, limit,
                                               cfg.generation.seed)
         aggregate, rows = score(shown, answers, passages)
+        pairs = None
+        if not use_retrieval:  # reward accuracy on held-out pairs, as `qrtrain evaluate` measures it
+            adapter = Path(extra["adapter"]) if extra.get("adapter") else None
+            pairs = preference_section(cfg, trained, adapter, model, tokenizer, aggregate)
         say(f"{name}: keyword accuracy {aggregate.get('keyword_accuracy', {}).get('mean')} "
             f"(prompts as trained: {trained['prompt_format']})")
         return {"system": name, **extra, "prompt_format": trained["prompt_format"], "max_new_tokens": limit,
-                "metrics": aggregate, "items": rows}
+                "metrics": aggregate, "items": rows, **({"pairs": pairs} if pairs else {})}
 
     results = []
     base_tokenizer = models.load_chat_tokenizer(base_folder)
@@ -170,7 +174,8 @@ def comparison_markdown(comparison: dict, items: list[dict]) -> str:
     from qrtrain.evaluation.report import RATE_METRICS, _cell, fmt, fmt_metric
 
     systems = comparison["systems"]
-    metrics = [m for m in RATE_METRICS + ["bleu", "chrf", "latency_p50_s", "latency_p95_s", "tokens_per_s"]
+    metrics = [m for m in RATE_METRICS + ["reward_margin", "chosen_logps", "rejected_logps", "bleu", "chrf",
+                                          "latency_p50_s", "latency_p95_s", "tokens_per_s"]
                if any(m in s["metrics"] for s in systems)]
     lines = [f"# Comparison on `{comparison['suite']}`", "", f"Base model `{comparison['base_model']}`, "
              f"{comparison['created']}. Prompts as each system was trained: "
@@ -208,7 +213,8 @@ def print_comparison(comparison: dict) -> None:
     table.add_column("metric")
     for s in systems:
         table.add_column(s["system"])
-    for metric in ("keyword_accuracy", "f1", "rougeL", "refusal_correct", "citation", "groundedness", "latency_p50_s"):
+    for metric in ("keyword_accuracy", "f1", "rougeL", "refusal_correct", "citation", "groundedness", "reward_accuracy",
+                   "reward_margin", "preference_accuracy", "latency_p50_s"):
         if any(metric in s["metrics"] for s in systems):
             table.add_row(metric, *(fmt_metric(s["metrics"][metric]) if metric in s["metrics"] else "-" for s in systems))
     console = table_console()

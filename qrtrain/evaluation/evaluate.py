@@ -172,8 +172,12 @@ def suite_name(cfg) -> str:
 def trained_as(artifact: Path | None) -> dict:
     """What evaluation repeats of training: model_type, prompt format, max_length (from the version's files)."""
     if artifact is None:
-        return {"model_type": "dialogue", "prompt_format": "chat", "max_length": None}
+        return {"model_type": "dialogue", "prompt_format": "chat", "max_length": None, "method": "sft",
+                "beta": 0.1, "parent": None, "datasets": []}
     metadata = json.loads((artifact / "metadata.json").read_text())
+    method = metadata.get("method") or {"name": "sft"}
+    parent = metadata.get("parent")
+    parent_folder = artifact.parent.parent / parent["name"] / parent["version"] if parent else None
     formats = [d.get("format") for d in metadata.get("datasets", []) if d.get("role") == "train"]
     max_length = None
     if (artifact / "training_config.yaml").is_file():
@@ -181,7 +185,10 @@ def trained_as(artifact: Path | None) -> dict:
 
         max_length = OmegaConf.load(artifact / "training_config.yaml").get("training", {}).get("max_length")
     return {"model_type": metadata["model_type"], "prompt_format": formats[0] if formats and formats[0] else "chat",
-            "max_length": max_length}
+            "max_length": max_length, "method": method.get("name", "sft"), "beta": method.get("beta", 0.1),
+            "parent": parent_folder if parent_folder is not None and parent_folder.is_dir() else None,
+            "parent_label": f"{parent['name']}/{parent['version']}" if parent else None,
+            "datasets": metadata.get("datasets", [])}
 
 
 def evaluate(target: Path, overrides: list[str]) -> Path:
@@ -225,12 +232,15 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
     aggregate, rows = score(items, answers, [i["context"] for i in items])
     aggregate["loss"] = {"mean": loss["loss"], "ci95": None, "n": loss["tokens"]}
     aggregate["perplexity"] = {"mean": loss["perplexity"], "ci95": None, "n": loss["tokens"]}
+    pairs = preference_section(cfg, trained, artifact, model, tokenizer, aggregate)
     aggregate["peak_memory_mb"] = {"mean": generation.peak_memory_mb(device), "ci95": None, "n": 1}
 
     result = {"target": str(artifact or base), "base_model": str(base), "suite": suite,
               "prompt_format": trained["prompt_format"], "max_new_tokens": max_new_tokens,
               "created": datetime.now().isoformat(timespec="seconds"), "device": device,
               "seconds": round(time.time() - started, 2), "metrics": aggregate, "items": rows}
+    if pairs is not None:
+        result["pairs"] = pairs
     folder = output_folder(cfg, artifact, base, suite)
     write_json(folder / "report.json", result)
     (folder / "report.md").write_text(report.evaluation_markdown(result), encoding="utf-8")
@@ -240,6 +250,26 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
     report.print_evaluation(result)
     say(f"report: {folder}")
     return folder
+
+
+def preference_section(cfg, trained: dict, artifact: Path | None, model, tokenizer, aggregate: dict) -> dict | None:
+    """Reward accuracy, margin and log-probabilities on held-out pairs (qrtrain/evaluation/preference.py),
+    added to `aggregate`; the pairs' file, the reference used and one row per pair, or None without pairs."""
+    from qrtrain.evaluation.preference import load_pairs, pairs_for, preference_metrics
+    from qrtrain.terminal import say
+
+    path = pairs_for(cfg, trained, artifact)
+    if path is None:
+        return None
+    pairs = load_pairs(path, trained["model_type"])
+    if trained["parent_label"] and trained["parent"] is None:
+        say(f"the parent {trained['parent_label']} is not here: rewards are measured against the base")
+    reference = (f"parent {trained['parent_label']}" if trained["parent"] is not None else "base") \
+        if artifact is not None else None
+    metrics, rows = preference_metrics(model, tokenizer, pairs, trained["beta"], artifact is not None,
+                                       trained["parent"], trained["max_length"])
+    aggregate.update(metrics)
+    return {"path": str(path), "reference": reference, "beta": trained["beta"], "rows": rows}
 
 
 def output_folder(cfg, artifact: Path | None, base: Path, suite: str) -> Path:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 RATE_METRICS = ["keyword_accuracy", "exact_match", "f1", "rougeL", "refusal_correct", "json_valid", "citation",
-                "groundedness"]
+                "groundedness", "reward_accuracy", "preference_accuracy"]
 
 
 def fmt(value) -> str:

@@ -92,6 +92,35 @@ class CheckpointSettings(Body):
     greater_is_better: bool | None = None
 
 
+METHOD_FIELDS = {"sft": set(), "dpo": {"beta", "loss_type", "loss_weights", "label_smoothing"},
+                 "kto": {"beta", "loss_type", "desirable_weight", "undesirable_weight"}, "orpo": {"beta"},
+                 "simpo": {"beta", "gamma", "cpo_alpha", "label_smoothing"}}  # conf/method/<name>.yaml's keys
+DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+
+
+class MethodSettings(Body):
+    """The training method (conf/method/) and its documented parameters; only the chosen method's are allowed."""
+    name: Literal["sft", "dpo", "kto", "orpo", "simpo"]
+    beta: float | None = Field(None, gt=0, le=100)
+    loss_type: DPOLoss | Literal["kto", "apo_zero_unpaired"] | Annotated[list[DPOLoss], Field(min_length=1,
+                                                                                            max_length=8)] | None = None
+    loss_weights: list[Annotated[float, Field(ge=0, le=1e3)]] | None = Field(None, max_length=8)
+    label_smoothing: float | None = Field(None, ge=0, lt=0.5)
+    desirable_weight: float | None = Field(None, gt=0, le=100)
+    undesirable_weight: float | None = Field(None, gt=0, le=100)
+    gamma: float | None = Field(None, ge=0, le=100)
+    cpo_alpha: float | None = Field(None, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def fields_of_the_method(self):
+        extra = sorted(set(self.model_fields_set) - {"name"} - METHOD_FIELDS[self.name])
+        if extra:
+            raise ValueError(f"method {self.name} has no setting {', '.join(extra)}; its settings: "
+                             f"{', '.join(sorted(METHOD_FIELDS[self.name])) or 'none'}")
+        return self
+
+
 class ArtifactSettings(Body):
     name: Name | None = Field(None, description="artifact.name: the artifact a training job publishes a version of")
 
@@ -102,6 +131,8 @@ class TrainRequest(Body):
     model: Name | None = Field(None, description="A model option (GET /api/options)")
     model_path: RequestPath | None = Field(None, description="A local model folder to load instead (model.path)")
     model_type: Name | None = None
+    method: MethodSettings | None = Field(None, description="e.g. {\"name\": \"dpo\", \"beta\": 0.1}")
+    init_adapter: VersionRef | None = Field(None, description="NAME/vN under the service's root to continue (SFT -> DPO)")
     strategy: Name | None = None
     layer_decay: float | None = Field(None, gt=0, le=1, description="strategy.layer_decay (strategy=finetune)")
     quantization: Name | None = None
@@ -167,7 +198,8 @@ class CompareRequest(Body):
 
 # Where a request field lands in the composed config. Group choices become `group=option`; the rest `key=value`.
 TRAIN_GROUPS = {"model": "model", "model_type": "model_type", "strategy": "strategy", "quantization": "quantization"}
-TRAIN_KEYS = {"model_path": "model.path", "layer_decay": "strategy.layer_decay", "resume": "resume", "seed": "seed"}
+TRAIN_KEYS = {"model_path": "model.path", "layer_decay": "strategy.layer_decay", "resume": "resume", "seed": "seed",
+              "init_adapter": "init_adapter"}
 EVALUATE_KEYS = {"model_path": "model.path", "device": "device", "dtype": "dtype"}
 COMPARE_GROUPS = {"model": "model"}
 COMPARE_KEYS = {"systems": "systems", "adapters": "adapters", "device": "device", "dtype": "dtype"}
@@ -201,6 +233,10 @@ def overrides(request: Body, groups: dict, keys: dict) -> list[str]:
         tokens.append(f"extensions=[{','.join(given['extensions'])}]")
         for name, settings in given["extensions"].items():
             tokens += [f"extensions.{name}.{key}={hydra_value(value)}" for key, value in settings.items()]
+    method = given.get("method") or {}
+    if method:
+        tokens.append(f"method={method['name']}")
+        tokens += [f"method.{key}={hydra_value(value)}" for key, value in method.items() if key != "name"]
     for section in SECTIONS:
         for key, value in (given.get(section) or {}).items():
             tokens.append(f"{section}.{key}={hydra_value(value)}")

@@ -50,7 +50,7 @@ def options():
     from qrtrain.config import group_options
 
     return {group: group_options(group)
-            for group in ("model", "model_type", "strategy", "quantization", "extensions", "evaluation")}
+            for group in ("model", "model_type", "method", "strategy", "quantization", "extensions", "evaluation")}
 
 
 @router.get("/", include_in_schema=False)

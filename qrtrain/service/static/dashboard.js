@@ -31,7 +31,7 @@ function button(label, onclick) {
 
 async function loadOptions() {
   const options = await api("/api/options");
-  for (const group of ["model", "model_type", "strategy", "quantization"]) {
+  for (const group of ["model", "model_type", "method", "strategy", "quantization"]) {
     const select = $(`select[name=${group}]`);
     for (const value of options[group]) select.add(new Option(value, value));
   }
@@ -41,6 +41,7 @@ async function loadOptions() {
     $("#extensions").append(label);
   }
   $("select[name=model_type]").value = "dialogue";
+  $("select[name=method]").value = "sft";
   $("select[name=strategy]").value = "standard";
   $("select[name=quantization]").value = "none";
 }
@@ -71,6 +72,11 @@ async function startJob(event) {
   if (extensions.length) body.extensions = Object.fromEntries(extensions.map((name) => [name, {}]));
   if (form.get("data")) (body.data ??= {}).train = form.get("data");
   if (form.get("steps")) (body.training ??= {}).max_steps = Number(form.get("steps"));
+  if (form.get("method") !== "sft" || form.get("beta")) {
+    body.method = {...(body.method || {}), name: form.get("method")};
+    if (form.get("beta")) body.method.beta = Number(form.get("beta"));
+  }
+  if (form.get("init_adapter")) body.init_adapter = form.get("init_adapter");
   $("#form-error").textContent = "";
   try {
     await api("/api/jobs", {method: "POST", headers: {"content-type": "application/json"},
@@ -150,6 +156,7 @@ async function refreshRegistry() {
     const row = body.insertRow();
     row.dataset.version = `${v.artifact}/${v.version}`;
     cell(row, v.artifact); cell(row, v.version); cell(row, v.created); cell(row, v.base_model);
+    cell(row, v.method || "sft"); cell(row, v.parent ? `${v.parent.name}/${v.parent.version}` : "");
     cell(row, v.model_type); cell(row, v.quantization);
     cell(row, (v.data || []).map((d) => `${d.role} ${d.source} (${d.rows} rows, ${(d.sha256 || "?").slice(0, 8)})`)
       .join(", "));
