@@ -86,6 +86,13 @@ def test_events_file_in_the_run_folder_is_flushed_per_line(make_service):
     ({"data": {"train": "/etc/passwd"}}, "outside the service's data roots"),
     ({"data": {"train": ["a.jsonl", "/etc/hostname"]}}, "outside the service's data roots"),
     ({"overrides": ["training.max_steps=5"]}, "Extra inputs are not permitted"),
+    ({"method": {"name": "sft", "beta": 0.1}}, "method sft has no setting beta"),
+    ({"method": {"name": "dpo", "gamma": 1.0}}, "method dpo has no setting gamma"),
+    ({"method": {"name": "nosuch"}}, "Input should be"),
+    ({"method": {"name": "dpo", "loss_type": "${oc.env:HOME}"}}, "Input should be"),
+    ({"method": {"name": "dpo", "beta": -1.0}}, "greater than 0"),
+    ({"init_adapter": "../elsewhere/v1"}, "String should match pattern"),
+    ({"init_adapter": "/etc/v1"}, "String should match pattern"),
 ])
 def test_bad_requests_are_refused_with_422_and_nothing_is_queued(make_service, body, message):
     service = make_service()

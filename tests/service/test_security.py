@@ -390,3 +390,15 @@ def test_valid_requests_still_run(shared):
     evaluation = shared.client.post("/api/evaluations", json={"target": "mine", "generation": {"max_new_tokens": 4}})
     assert evaluation.status_code == 201, evaluation.text  # run to its end by the dashboard test (slow)
     assert shared.client.post(f"/api/jobs/{evaluation.json()['id']}/cancel").status_code == 200
+
+
+def test_a_preference_job_continues_a_version_under_the_root(shared):
+    body = request_body(*TINY, "training.max_steps=2", "artifact.name=sec-dpo")
+    response = shared.client.post("/api/jobs", json={**body, "method": {"name": "dpo", "beta": 0.2},
+                                                     "init_adapter": "sec/v1"})
+    assert response.status_code == 201, response.text
+    assert {"method=dpo", "method.beta=0.2", "init_adapter='sec/v1'"} <= set(response.json()["args"])
+    job = shared.wait(response.json()["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "done", job
+    row = next(r for r in shared.client.get("/api/models").json() if r["artifact"] == "sec-dpo")
+    assert row["method"] == "dpo" and row["parent"]["name"] == "sec" and row["verified"]

@@ -283,3 +283,16 @@ def test_released_memory_lowers_peak_rss_of_cpu_training(tmp_path, monkeypatch):
         assert result.returncode == 0, result.stderr[-3000:]
         peak[setting] = int(result.stdout) / 2**20  # GiB
     assert peak["auto"] < peak["false"] - 1.0, peak
+
+
+@pytest.mark.parametrize("method,sides,reference", [("sft", 1, False), ("dpo", 2, True), ("kto", 1, True),
+                                                    ("orpo", 2, False), ("simpo", 2, False)])
+def test_preference_plans_count_both_answers_and_the_reference_forward(tiny_folder, method, sides, reference):
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(f"method={method}", "training.batch_size=4")
+    plan = plan_for_run(cfg, tiny_folder, [30, 40, 50, 60, 70], "cpu", torch.float32, False)
+    assert plan.tokens == sides * 4 * 70 and ("reference" in plan.parts) == reference
+    with_reference = estimate(LLAMA_3_1_8B, 8192, 0, 2, reference=True)
+    without = estimate(LLAMA_3_1_8B, 8192, 0, 2)
+    assert with_reference["reference"] > 0 and sum(with_reference.values()) > sum(without.values())
