@@ -206,3 +206,36 @@ def test_evaluate_reports_reward_accuracy_against_the_parent(lineage):
     accuracy = sum(r["chosen_reward"] > r["rejected_reward"] for r in rows) / len(rows)
     assert metrics["reward_accuracy"]["mean"] == pytest.approx(accuracy)
     assert "f1" in metrics and "loss" in metrics  # and the generation metrics it reports today
+
+
+def test_sigint_during_dpo_saves_a_checkpoint_and_the_same_command_resumes_it(tmp_path):
+    import signal
+
+    from tests.training.test_checkpoints import checkpoints, start, train as train_cli, wait_for_checkpoint
+
+    root = tmp_path / "r"
+    process = start(root, "method=dpo", "training.max_steps=200")
+    wait_for_checkpoint(root, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr[-2000:]
+    step = int(checkpoints(root)[-1].name.split("-")[1])
+    assert f"checkpoint saved at step {step}" in stderr and "resume with: qrtrain train" in stderr
+    assert not list(root.glob("*/v1"))
+    resumed = train_cli(root, "method=dpo", "training.max_steps=200")
+    assert f"resuming from step {step}" in resumed.stderr
+    version = root / "tiny-dialogue-dpo" / "v1"
+    assert json.loads((version / "training_metrics.json").read_text())["final"]["global_step"] == 200
+    assert invoke("verify", version).exit_code == 0
+
+
+def test_a_rerun_on_the_same_pairs_takes_trls_prepared_sets_from_the_data_cache(tmp_path):
+    path = write_rows(tmp_path / "pairs.jsonl", STRING_PAIRS)
+    first = invoke("train", *FAST, "method=dpo", "model_type=standard", f"data.train={path}",
+                   f"artifact.root={tmp_path / 'a'}", "training.max_steps=3")
+    second = invoke("train", *FAST, "method=dpo", "model_type=standard", f"data.train={path}",
+                    f"artifact.root={tmp_path / 'b'}", "training.max_steps=3")
+    assert first.exit_code == 0 and second.exit_code == 0, second.output[-2000:]
+    assert "from the data cache" in second.output and "11 preference rows (0 chosen, 0 rejected" in second.output, second.output
+    a, b = (next((tmp_path / r).glob("*/v1")) / "adapter_model.safetensors" for r in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()  # the same training, from TRL's prepared sets
