@@ -115,9 +115,15 @@ def model_card(cfg, metadata: dict, metrics: dict) -> str:
             "was not measured here (no Hub access): `qrtrain evaluate THIS_VERSION model.path=HUB_FOLDER` measures "
             "it on your machine.\n" if hub_id and "dequantised" in weights else "")
     front_base = f"base_model: {hub_id}\n" if hub_id else ""
+    method, parent = metadata.get("method") or {"name": "sft"}, metadata.get("parent")
+    lineage = (f"\nTrained with {method['name'].upper()}"
+               + (f" (beta {method['beta']})" if "beta" in method else "")
+               + (f", continuing `{parent['name']}/{parent['version']}` (root digest {parent['root_digest']}), "
+                  "which `qrtrain verify` checks when it sits beside this version." if parent else ".") + "\n"
+               if method["name"] != "sft" or parent else "")
     return f"""---
 library_name: peft
-{front_base}tags: [qrtrain, lora, {cfg.model_type.name}, {cfg.quantization.name}]
+{front_base}tags: [qrtrain, lora, {cfg.method.name}, {cfg.model_type.name}, {cfg.quantization.name}]
 ---
 
 # {cfg.artifact.name}
@@ -125,7 +131,7 @@ library_name: peft
 A LoRA adapter (r={cfg.lora.r}, alpha={cfg.lora.alpha}) for `{base}`, trained by qrtrain {__version__}
 with model_type={cfg.model_type.name}, strategy={cfg.strategy.name}, quantization={cfg.quantization.name},
 {metrics.get('global_step')} steps; final train loss {metrics.get('train_loss'):.4f}{f', eval loss {eval_loss:.4f}' if eval_loss is not None else ''}.
-{note}
+{lineage}{note}
 ## Load
 
 ```python

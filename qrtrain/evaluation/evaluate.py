@@ -173,7 +173,7 @@ def trained_as(artifact: Path | None) -> dict:
     """What evaluation repeats of training: model_type, prompt format, max_length (from the version's files)."""
     if artifact is None:
         return {"model_type": "dialogue", "prompt_format": "chat", "max_length": None, "method": "sft",
-                "beta": 0.1, "parent": None, "datasets": []}
+                "beta": 0.1, "parent": None, "parent_label": None, "datasets": []}
     metadata = json.loads((artifact / "metadata.json").read_text())
     method = metadata.get("method") or {"name": "sft"}
     parent = metadata.get("parent")

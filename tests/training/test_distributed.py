@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
@@ -23,18 +24,21 @@ def run(command, root):
     return result
 
 
-def test_two_processes_match_one_and_publish_once(tmp_path):
-    run([str(BIN / "qrtrain"), "train", *COMMON, "training.batch_size=4"], tmp_path / "one")
-    two = run([str(BIN / "torchrun"), "--nproc_per_node=2", "-m", "qrtrain", "train", *COMMON, "training.batch_size=2"],
+@pytest.mark.parametrize("method", ["sft", pytest.param("dpo", marks=pytest.mark.slow)])
+def test_two_processes_match_one_and_publish_once(tmp_path, method):
+    common = [*COMMON, f"method={method}"]
+    name = "tiny-dialogue" + ("" if method == "sft" else f"-{method}")
+    run([str(BIN / "qrtrain"), "train", *common, "training.batch_size=4"], tmp_path / "one")
+    two = run([str(BIN / "torchrun"), "--nproc_per_node=2", "-m", "qrtrain", "train", *common, "training.batch_size=2"],
               tmp_path / "two")
     assert two.stdout.count("published") + two.stderr.count("published") == 1
-    assert sorted(p.name for p in (tmp_path / "two" / "tiny-dialogue").glob("v*")) == ["v1"]
-    losses = [[h["loss"] for h in json.loads((tmp_path / r / "tiny-dialogue" / "v1" / "training_metrics.json").read_text())["history"]
+    assert sorted(p.name for p in (tmp_path / "two" / name).glob("v*")) == ["v1"]
+    losses = [[h["loss"] for h in json.loads((tmp_path / r / name / "v1" / "training_metrics.json").read_text())["history"]
                if "loss" in h] for r in ("one", "two")]
-    assert len(losses[0]) == 8 and all(abs(a - b) < 1e-4 for a, b in zip(*losses))
-    a, b = (load_file(tmp_path / r / "tiny-dialogue" / "v1" / "adapter_model.safetensors") for r in ("one", "two"))
+    assert len(losses[0]) == 8 and all(abs(a - b) < 1e-4 for a, b in zip(*losses)), losses
+    a, b = (load_file(tmp_path / r / name / "v1" / "adapter_model.safetensors") for r in ("one", "two"))
     assert max(float(abs(a[k] - b[k]).max()) for k in a) < 1e-4
-    assert CliRunner().invoke(app, ["verify", str(tmp_path / "two" / "tiny-dialogue")]).exit_code == 0
+    assert CliRunner().invoke(app, ["verify", str(tmp_path / "two" / name)]).exit_code == 0
 
 
 def test_slurm_launcher_config_composes():

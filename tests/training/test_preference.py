@@ -208,6 +208,7 @@ def test_evaluate_reports_reward_accuracy_against_the_parent(lineage):
     assert "f1" in metrics and "loss" in metrics  # and the generation metrics it reports today
 
 
+@pytest.mark.slow
 def test_sigint_during_dpo_saves_a_checkpoint_and_the_same_command_resumes_it(tmp_path):
     import signal
 
