@@ -5,8 +5,8 @@
 
 SmolLM2-135M-Instruct (the embedded default) on the demo's 80 preference pairs
 (qrtrain/data/demo/pairs_train.jsonl), LoRA r=16/alpha=32 on every linear layer, batch 8, max_length 512,
-beta 0.1, TRL's sigmoid loss, learning rate 1e-4 (cosine, 5% warm-up), seed 42, float32 on CPU, starting from the base (the
-reference is the base with the adapter off on both sides). Each run is its own process, alternating and
+beta 0.1, TRL's sigmoid loss, learning rate 1e-4 (cosine, 5% warm-up), seed 42, float32 on CPU, starting
+from the base (the reference is the base with the adapter off on both sides). Each run is its own process, alternating and
 repeated; both time themselves with scripts/bench_timer.py. Plain TRL runs twice: with its default
 (gradient checkpointing on) and with it off, which is what qrtrain's plan chooses on a CPU. The last
 line printed is a JSON summary.
@@ -33,8 +33,8 @@ def run(kind: str, folder: Path, steps: int, batch: int) -> dict:
         out = Path(tmp) / "timer.json"
         env = dict(os.environ, BENCH_OUT=str(out), PYTHONPATH=str(ROOT / "scripts"))
         if kind == "qrtrain":
-            command = [str(BIN / "qrtrain"), "train", "method=dpo", "--config-dir", str(ROOT / "scripts" / "bench_conf"),
-                       "extensions=[bench_timer]", "method.loss_type=sigmoid", "training.learning_rate=1e-4",
+            command = [str(BIN / "qrtrain"), "train", "--config-dir", str(ROOT / "scripts" / "bench_conf"),
+                       "method=dpo", "extensions=[bench_timer]", "method.loss_type=sigmoid", "training.learning_rate=1e-4",
                        f"training.max_steps={steps}", f"training.batch_size={batch}",
                        "training.max_length=512", "training.eval_steps=0", "training.logging_steps=1",
                        "checkpoint.every_steps=0", "data.eval_fraction=0", f"data.train={PAIRS}",
@@ -65,7 +65,8 @@ def markdown(report: dict) -> str:
     rows = report["results"]
     lines = ["<!-- bench-dpo -->", "## DPO: qrtrain vs a plain TRL DPO script (CPU)", "",
              f"`python scripts/bench_dpo.py` on {report['machine']}: SmolLM2-135M-Instruct, the demo's 80 pairs, "
-             f"LoRA r=16 all-linear, batch {report['batch']}, max_length 512, beta 0.1, sigmoid loss, lr 1e-4, float32, "
+             f"LoRA r=16 all-linear, batch {report['batch']}, max_length 512, beta 0.1, sigmoid loss, lr 1e-4, "
+             "float32, "
              f"{report['steps']} steps from the base, median of {report['repeats']} alternating runs "
              "(scripts/plain_trl_dpo.py is the plain side; both time themselves with scripts/bench_timer.py).", "",
              "| run | pairs/s | s/step | first step after start (s) | whole command (s) | peak RSS (MB) | "

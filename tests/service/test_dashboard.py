@@ -64,6 +64,22 @@ def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_servic
     wait.until(lambda b: "verified" in b.find_element(By.CSS_SELECTOR,
                                                       '#registry tr[data-version="from-the-page/v1"]').text)
 
+    # DPO from that version, from the form: the registry shows the method and the parent
+    Select(browser.find_element(By.NAME, "method")).select_by_value("dpo")
+    browser.find_element(By.NAME, "init_adapter").send_keys("from-the-page/v1")
+    browser.find_element(By.NAME, "beta").send_keys("0.2")
+    steps = browser.find_element(By.NAME, "steps")
+    steps.clear()
+    steps.send_keys("3")
+    extra = browser.find_element(By.NAME, "extra")
+    extra.clear()
+    extra.send_keys("training.logging_steps=1 training.eval_steps=0 artifact.name=dpo-from-the-page")
+    browser.find_element(By.ID, "start").click()
+    wait.until(lambda b: b.find_elements(By.ID, "job-2"))
+    wait.until(lambda b: b.find_element(By.ID, "job-2").get_attribute("data-status") == "done")
+    row = '#registry tr[data-version="dpo-from-the-page/v1"]'
+    wait.until(lambda b: {"from-the-page/v1", "dpo", "verified"} <= set(b.find_element(By.CSS_SELECTOR, row).text.split()))
+
     # an evaluation job started through the API: its report's chart appears on the page
     evaluation = service.client.post("/api/evaluations", json={"target": "from-the-page/v1",
                                                                "generation": {"max_new_tokens": 8}})
