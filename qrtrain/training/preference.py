@@ -7,8 +7,8 @@
 Every other phase (the base, the plan, LoRA, checkpoints, signals, publishing) is SFT's
 (qrtrain/training/train.py). The trainers are TRL's: DPOTrainer and KTOTrainer, and from trl.experimental
 ORPOTrainer and CPOTrainer (SimPO is CPO's `loss_type=simpo`). With LoRA the reference model of DPO and KTO
-is the base with the adapter switched off; a run from `init_adapter` loads that version's adapter twice, as
-the trained `default` and a frozen `ref`, which TRL's trainers use as the reference: one base in memory.
+is the base with the adapter switched off; from `init_adapter`, TRL copies that version's adapter into a
+frozen `ref` adapter and uses it as the reference: one base in memory either way.
 """
 
 from pathlib import Path
@@ -112,8 +112,9 @@ def method_args(cfg) -> dict:
 
 def build_preference_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, device: str, dtype,
                              checkpoint_dir: Path | None = None, result_config: dict | None = None, stop=None,
-                             extensions: dict | None = None):
-    """TRL's trainer for cfg.method, on the LoRA model (a PeftModel: TRL takes no second copy of the base)."""
+                             extensions: dict | None = None, continuing: bool = False):
+    """TRL's trainer for cfg.method, on the LoRA model (a PeftModel: TRL takes no second copy of the base);
+    `continuing`: the adapter is a parent version's (init_adapter), whose frozen copy is the reference."""
     from transformers import PrinterCallback
 
     from qrtrain.training.strategy import build_optimizer
@@ -133,4 +134,10 @@ def build_preference_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir
         callbacks=callbacks_for(cfg, run_dir, checkpoint_dir, result_config, stop, extensions or {}),
     )
     trainer.remove_callback(PrinterCallback)
+    if not continuing and "ref" in getattr(model, "peft_config", {}):
+        # TRL copies any adapter it is given into a frozen `ref`. A new adapter's copy is the base itself (LoRA's B
+        # starts at zero), so it is dropped: TRL then takes the reference with the adapter switched off, as for the
+        # PeftModel it builds itself, without the copy's LoRA matmuls in every reference forward (same loss: tested)
+        model.delete_adapter("ref")
+        model.set_adapter("default")
     return trainer

@@ -268,7 +268,8 @@ def build_run(cfg, base: Base, data: PreparedData, plan: RunPlan, loaded: Loaded
                                 **shared)
     else:
         trainer = build_preference_trainer(cfg, loaded.model, base.tokenizer, data.train_set, data.eval_set,
-                                           run_dir, plan.device, plan.dtype, **shared)
+                                           run_dir, plan.device, plan.dtype, continuing=base.parent is not None,
+                                           **shared)
     if plan.fallback:
         trainer.checkpoint_above = (plan.memory.tokens, loaded.unplanned_layers)
     if not data.from_cache:

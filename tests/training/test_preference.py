@@ -77,7 +77,7 @@ def test_dpo_loss_on_a_hand_built_pair_equals_the_formula(tmp_path):
     from qrtrain.training.lora import lora_config
     from qrtrain.training.preference import build_preference_trainer
 
-    cfg = compose_cfg("method=dpo", "method.beta=0.3", "model_type=standard")
+    cfg = compose_cfg("method=dpo", "method.beta=0.3", "method.loss_type=sigmoid", "model_type=standard")
     folder = models.model_folder(cfg.model)
     tokenizer = models.load_tokenizer(folder, "standard")
     model = get_peft_model(models.load_model(folder, cfg, "cpu", torch.float32, "sdpa"), lora_config(cfg))
@@ -87,7 +87,7 @@ def test_dpo_loss_on_a_hand_built_pair_equals_the_formula(tmp_path):
             param.data.normal_(0, 0.05)
     pair = {"prompt": "The capital of Veloria is", "chosen": " Quillhaven.", "rejected": " Brennport, a city."}
     trainer = build_preference_trainer(cfg, model, tokenizer, Dataset.from_list([pair]), None, tmp_path, "cpu",
-                                       torch.float32)
+                                       torch.float32, continuing=True)  # as from init_adapter: `ref` is a copy
     for name, param in model.named_parameters():  # then move the policy: policy and reference now differ
         if "lora_B" in name and ".default." in name:
             param.data.add_(torch.randn_like(param) * 0.05)
@@ -212,7 +212,8 @@ def test_evaluate_reports_reward_accuracy_against_the_parent(lineage):
 def test_sigint_during_dpo_saves_a_checkpoint_and_the_same_command_resumes_it(tmp_path):
     import signal
 
-    from tests.training.test_checkpoints import checkpoints, start, train as train_cli, wait_for_checkpoint
+    from tests.training.test_checkpoints import checkpoints, start, wait_for_checkpoint
+    from tests.training.test_checkpoints import train as train_cli
 
     root = tmp_path / "r"
     process = start(root, "method=dpo", "training.max_steps=200")
@@ -240,3 +241,36 @@ def test_a_rerun_on_the_same_pairs_takes_trls_prepared_sets_from_the_data_cache(
     assert "from the data cache" in second.output and "11 preference rows (0 chosen, 0 rejected" in second.output, second.output
     a, b = (next((tmp_path / r).glob("*/v1")) / "adapter_model.safetensors" for r in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()  # the same training, from TRL's prepared sets
+
+
+def test_a_new_adapter_takes_the_base_as_reference_with_the_same_loss_as_trls_copy(tmp_path):
+    from datasets import Dataset
+    from peft import get_peft_model
+
+    from qrtrain.models import loading as models
+    from qrtrain.training.lora import lora_config
+    from qrtrain.training.preference import build_preference_trainer
+
+    cfg = compose_cfg("method=dpo", "model_type=standard")
+    folder = models.model_folder(cfg.model)
+    tokenizer = models.load_tokenizer(folder, "standard")
+    model = get_peft_model(models.load_model(folder, cfg, "cpu", torch.float32, "sdpa"), lora_config(cfg))
+    pairs = Dataset.from_list(STRING_PAIRS[:4])
+    trainer = build_preference_trainer(cfg, model, tokenizer, pairs, None, tmp_path, "cpu", torch.float32,
+                                       continuing=True)
+    assert "ref" in model.peft_config  # TRL's copy of the new (zero-B) adapter
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name and ".default." in name:
+            param.data.normal_(0, 0.05)
+    model.eval()
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    with torch.no_grad():
+        with_copy = trainer.compute_loss(model, batch).item()
+        model.delete_adapter("ref")  # what build_preference_trainer does for a new adapter
+        model.set_adapter("default")
+        with_base = trainer.compute_loss(model, batch).item()
+    assert with_base == pytest.approx(with_copy, abs=1e-6) and abs(with_copy - 0.6931) > 1e-3
+    fresh = get_peft_model(models.load_model(folder, cfg, "cpu", torch.float32, "sdpa"), lora_config(cfg))
+    build_preference_trainer(cfg, fresh, tokenizer, pairs, None, tmp_path / "b", "cpu", torch.float32)
+    assert "ref" not in fresh.peft_config and all(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n)
