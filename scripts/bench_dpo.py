@@ -34,7 +34,8 @@ def run(kind: str, folder: Path, steps: int, batch: int) -> dict:
         env = dict(os.environ, BENCH_OUT=str(out), PYTHONPATH=str(ROOT / "scripts"))
         if kind == "qrtrain":
             command = [str(BIN / "qrtrain"), "train", "--config-dir", str(ROOT / "scripts" / "bench_conf"),
-                       "method=dpo", "extensions=[bench_timer]", "method.loss_type=sigmoid", "training.learning_rate=1e-4",
+                       "method=dpo", "extensions=[bench_timer]", "method.loss_type=sigmoid",
+                       "training.learning_rate=1e-4",
                        f"training.max_steps={steps}", f"training.batch_size={batch}",
                        "training.max_length=512", "training.eval_steps=0", "training.logging_steps=1",
                        "checkpoint.every_steps=0", "data.eval_fraction=0", f"data.train={PAIRS}",
@@ -86,8 +87,10 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    steps, repeats, batch = (4, 1, 4) if args.quick else (10, 2, 8)
+    steps, repeats, batch = (4, 1, 4) if args.quick else (args.steps, args.repeats, 8)
     sys.path.insert(0, str(ROOT))
     from qrtrain.config import compose
     from qrtrain.models.loading import model_folder
