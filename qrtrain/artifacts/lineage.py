@@ -5,9 +5,9 @@
     qrtrain list                                                      # the `from` column
 
 metadata.json's `parent` is {name, version, root_digest}: the root digest of the parent's manifest when
-training started. `verify` looks for the parent beside the version (<artifact root>/<name>/<version>);
-when it is there it must verify and have that root digest, when it is not (a version copied alone to
-another machine) verify says so in a note and does not fail. Imports nothing heavy.
+training started. `verify` checks it (`verify.check_parent`): the parent beside the version
+(<artifact root>/<name>/<version>) must verify and have that root digest; a version copied alone to
+another machine verifies with a note. Imports nothing heavy.
 """
 
 import json
@@ -82,31 +82,3 @@ def check_same_base(parent: Parent, base_folder: Path, model_type: str) -> None:
         raise QrtrainError(f"init_adapter={parent.label()} was trained with model_type="
                            f"{parent.metadata.get('model_type')}; continue it with the same model_type "
                            f"(model_type={parent.metadata.get('model_type')})")
-
-
-def check_parent(version_folder: Path, metadata: dict, fail, note, seen: frozenset = frozenset()) -> None:
-    """The recorded parent, when it is beside this version: it verifies and has the recorded root digest."""
-    from qrtrain.artifacts.verify import verify_version
-
-    parent = metadata.get("parent")
-    if parent is None:
-        return
-    if not (isinstance(parent, dict) and all(isinstance(parent.get(k), str) for k in ("name", "version",
-                                                                                      "root_digest"))):
-        fail("metadata.json", "parent", "`parent` must be {name, version, root_digest}")
-        return
-    label = f"{parent['name']}/{parent['version']}"
-    folder = Path(version_folder).resolve().parent.parent / parent["name"] / parent["version"]
-    if not (folder / MANIFEST_NAME).is_file():
-        note(f"parent {label} is not in this artifact root; its digest {parent['root_digest'][:16]}... was not checked")
-        return
-    if folder in seen:
-        fail("metadata.json", "parent", f"the lineage loops back to {label}")
-        return
-    result = verify_version(folder, seen=seen | {Path(version_folder).resolve()})
-    if not result["verified"]:
-        fail("metadata.json", "parent", f"the parent {label} fails verification: "
-             + "; ".join(f"{p['file']}: {p['message']}" for p in result["problems"][:3]))
-    elif result["root_digest"] != parent["root_digest"]:
-        fail("metadata.json", "parent", f"the parent {label} has root digest {result['root_digest'][:16]}..., "
-             f"not the {parent['root_digest'][:16]}... this version was trained from")

@@ -57,8 +57,6 @@ def verify_path(path: Path, base: Path | None = None) -> list[dict]:
 
 
 def verify_version(folder: Path, base: Path | None = None, seen: frozenset = frozenset()) -> dict:
-    from qrtrain.artifacts.lineage import check_parent
-
     result = verify_contents(str(folder), folder_contents(Path(folder)), base)
     if isinstance(result.get("metadata"), dict):  # a version from init_adapter: its parent, when it is here
         check_parent(Path(folder), result["metadata"], lambda *p: result["problems"].append(
@@ -73,6 +71,32 @@ def verify_version(folder: Path, base: Path | None = None, seen: frozenset = fro
             result["verified"] = False
     result.pop("metadata", None)
     return result
+
+
+def check_parent(version_folder: Path, metadata: dict, fail, note, seen: frozenset = frozenset()) -> None:
+    """The recorded parent, when it is beside this version: it verifies and has the recorded root digest."""
+    parent = metadata.get("parent")
+    if parent is None:
+        return
+    if not (isinstance(parent, dict) and all(isinstance(parent.get(k), str) for k in ("name", "version",
+                                                                                      "root_digest"))):
+        fail("metadata.json", "parent", "`parent` must be {name, version, root_digest}")
+        return
+    label = f"{parent['name']}/{parent['version']}"
+    folder = Path(version_folder).resolve().parent.parent / parent["name"] / parent["version"]
+    if not (folder / MANIFEST_NAME).is_file():
+        note(f"parent {label} is not in this artifact root; its digest {parent['root_digest'][:16]}... was not checked")
+        return
+    if folder in seen:
+        fail("metadata.json", "parent", f"the lineage loops back to {label}")
+        return
+    result = verify_version(folder, seen=seen | {Path(version_folder).resolve()})
+    if not result["verified"]:
+        fail("metadata.json", "parent", f"the parent {label} fails verification: "
+             + "; ".join(f"{p['file']}: {p['message']}" for p in result["problems"][:3]))
+    elif result["root_digest"] != parent["root_digest"]:
+        fail("metadata.json", "parent", f"the parent {label} has root digest {result['root_digest'][:16]}..., "
+             f"not the {parent['root_digest'][:16]}... this version was trained from")
 
 
 def folder_contents(folder: Path) -> dict:
