@@ -19,6 +19,7 @@ def running_at_step(service, job_id: int, step: int = 6) -> dict:
     return service.wait(job_id, lambda j: j["status"] == "running" and (j["progress"] or {}).get("step", 0) >= step)
 
 
+@pytest.mark.slow  # ~30-50 s: in the slow suite to keep make test near 10 min
 def test_cancel_saves_a_checkpoint_and_resume_finishes_from_it(make_service):
     service = make_service()
     job = service.submit(*LONG, "artifact.name=cancelled")

@@ -228,6 +228,7 @@ def test_a_damaged_metrics_file_shows_on_its_row_and_nothing_fails(shared, damag
 # ---- 7. version numbers
 
 
+@pytest.mark.slow  # ~30-50 s: in the slow suite to keep make test near 10 min
 def test_a_deleted_version_number_is_never_given_again(make_service):
     service = make_service()
     for _ in range(2):
