@@ -44,6 +44,8 @@ def find_version(reference: str, root: Path) -> Path | None:
     for candidate in [Path(root) / reference] + ([Path(reference)] if as_folder else []):
         if (candidate / LATEST_NAME).is_file() and not (candidate / MANIFEST_NAME).exists():
             candidate = read_latest(candidate)
+        if not as_folder and Path(root).resolve() not in candidate.resolve().parents:
+            return None  # NAME/vN names a folder of the root, never a link out of it (as `qrtrain list` sees it)
         if (candidate / MANIFEST_NAME).is_file():
             return candidate
     return None

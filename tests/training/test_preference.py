@@ -187,10 +187,16 @@ def test_a_version_from_a_parent_records_it_and_verify_checks_it(lineage, tmp_pa
     assert result.exit_code == 0 and "is not in this artifact root" in result.output
 
 
-def test_init_adapter_that_is_not_a_version_exits_2(lineage):
-    root, _, _ = lineage
+def test_init_adapter_that_is_not_a_version_exits_2(lineage, tmp_path):
+    root, sft, _ = lineage
     result = invoke("train", *FAST, "method=dpo", "init_adapter=nothing/v9", f"artifact.root={root}")
     assert result.exit_code == 2 and "init_adapter=nothing/v9: no such version" in result.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "linked").symlink_to(sft.parent)  # a NAME that links out of the artifact root is not a version of it
+    result = invoke("train", *FAST, "method=dpo", "init_adapter=linked/v1", f"artifact.root={other}")
+    assert result.exit_code == 2 and "init_adapter=linked/v1: no such version" in result.output
+    assert not (other / "tiny-dialogue-dpo").exists()
 
 
 def test_evaluate_reports_reward_accuracy_against_the_parent(lineage):
