@@ -143,6 +143,22 @@ def verify(
     raise typer.Exit(code)
 
 
+@app.command("diff")
+def diff(
+    a: str = typer.Argument(..., help="A version: NAME/vN (or NAME, its latest) under --root, or a version folder."),
+    b: str = typer.Argument(..., help="The version to compare it with."),
+    root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Two versions side by side: config keys, data, base, method and parent, metrics with deltas, sizes."""
+    from qrtrain.artifacts.diff import diff_versions, print_diff
+
+    try:
+        print_diff(diff_versions(a, b, root), as_json)
+    except QrtrainError as error:
+        fail(error)
+
+
 @app.command("list")
 def list_artifacts(
     root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),

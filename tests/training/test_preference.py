@@ -280,3 +280,18 @@ def test_a_new_adapter_takes_the_base_as_reference_with_the_same_loss_as_trls_co
     fresh = get_peft_model(models.load_model(folder, cfg, "cpu", torch.float32, "sdpa"), lora_config(cfg))
     build_preference_trainer(cfg, fresh, tokenizer, pairs, None, tmp_path / "b", "cpu", torch.float32)
     assert "ref" not in fresh.peft_config and all(p.requires_grad for n, p in fresh.named_parameters() if "lora_" in n)
+
+
+def test_diff_puts_the_sft_and_dpo_versions_side_by_side(lineage):
+    root, _, _ = lineage
+    result = invoke("diff", "--root", root, "tiny-dialogue/v1", "tiny-dialogue-dpo/v1", "--json")
+    assert result.exit_code == 0, result.output
+    diff = json.loads(result.output)
+    assert (diff["a"]["method"], diff["b"]["method"]) == ("sft", "dpo")
+    assert diff["b"]["parent"]["version"] == "v1" and diff["a"]["verified"] and diff["b"]["verified"]
+    changed = {row["key"]: (row["a"], row["b"]) for row in diff["config"]}
+    assert changed["method.name"] == ("sft", "dpo") and changed["init_adapter"] == (None, "tiny-dialogue/v1")
+    assert {row["source"] for row in diff["data"]} >= {"train:qa_train.jsonl", "train:pairs_train.jsonl"}
+    loss = next(row for row in diff["metrics"] if row["metric"] == "train_loss")
+    assert loss["delta"] == pytest.approx(loss["b"] - loss["a"])
+    assert invoke("diff", "--root", root, "tiny-dialogue/v1", "nothing/v3").exit_code == 2
