@@ -100,13 +100,18 @@ def package_artifact(
     fmt: str = typer.Option(..., "--format", help="bundle | hf | merged | ollama"),
     output: Path = typer.Option(None, "--output", help="Where to write; default ROOT/packages/NAME-vN-FORMAT[.tar.gz] beside the artifact."),
     base: Path = typer.Option(None, "--base", help="The base model folder (default: the one in metadata.json)."),
+    sign_key: Path = typer.Option(None, "--sign-key", help="Sign the package (hf, merged, ollama) with this private key."),
+    sign_certificate: Path = typer.Option(None, "--sign-certificate", help="The signing certificate of --sign-key."),
+    sign_chain: list[Path] = typer.Option(None, "--sign-chain", help="Certificates up to the root of trust (repeatable)."),
 ) -> None:
     """Package a verified version: a bundle, a Hub folder, a merged model or an Ollama adapter."""
     from qrtrain.artifacts.package import package
+    from qrtrain.artifacts.signing import SignWith
 
     emit("packaging", target=str(target), format=fmt)
     try:
-        out = package(target, fmt, output, base)
+        sign_with = SignWith(sign_key, sign_certificate, list(sign_chain or [])) if sign_key else None
+        out = package(target, fmt, output, base, sign_with)
     except QrtrainError as error:
         fail(error)
     emit("done", output=str(out))
@@ -132,15 +137,46 @@ def verify(
     path: Path = typer.Argument(..., help="A version folder (outputs/NAME/v1) or an artifact folder (outputs/NAME: every version)."),
     base: Path = typer.Option(None, "--base", help="Also check this base model folder against the hashes in metadata.json."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+    key: Path = typer.Option(None, "--key", help="Check model.sig with this public key (PEM)."),
+    chain: list[Path] = typer.Option(None, "--certificate-chain", help="Check model.sig against this certificate chain (repeatable)."),
+    identity: str = typer.Option(None, "--identity", help="Sigstore: the signer's identity (an email or workflow URL); needs --issuer."),
+    issuer: str = typer.Option(None, "--issuer", help="Sigstore: the OIDC issuer of --identity."),
+    require_signature: bool = typer.Option(False, "--require-signature", help="Fail (exit 3) a version without a valid signature."),
 ) -> None:
-    """Check an artifact exactly against its manifest. Exit 0 verified, 1 a check failed, 2 usage or I/O error."""
+    """Check an artifact exactly against its manifest (and its signature when given a key). Exit 0 verified,
+    1 a check failed, 2 usage or I/O error, 3 the files verify but the signature does not."""
+    from qrtrain.artifacts.signing import TrustWith
     from qrtrain.artifacts.verify import verify as verify_artifact
 
     try:
-        code = verify_artifact(path, base, as_json)
+        if (identity is None) != (issuer is None):
+            raise QrtrainError("--identity and --issuer go together (Sigstore: who signed, and who vouched for them)")
+        trust = TrustWith(key, list(chain or []), identity, issuer, require_signature)
+        code = verify_artifact(path, base, as_json, trust)
     except QrtrainError as error:
         fail(error)
     raise typer.Exit(code)
+
+
+@app.command("sign")
+def sign(
+    target: str = typer.Argument(..., help="A version: NAME/vN (or NAME, its latest) under --root, or a version folder."),
+    key: Path = typer.Option(None, "--key", help="The private key (PEM, elliptic curve) that signs."),
+    certificate: Path = typer.Option(None, "--certificate", help="The signing certificate of --key (then the signature carries it)."),
+    chain: list[Path] = typer.Option(None, "--certificate-chain", help="Certificates up to the root of trust (repeatable)."),
+    sigstore: bool = typer.Option(False, "--sigstore", help="Sign keylessly with Sigstore (online: opens an OIDC login)."),
+    root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
+) -> None:
+    """Sign a version that verifies (OpenSSF model signing): model.sig covers every file of the version."""
+    from qrtrain.artifacts.signing import SignWith
+    from qrtrain.artifacts.signing import sign as sign_version
+
+    try:
+        if sigstore and key is not None:
+            raise QrtrainError("--sigstore signs without a key: give either --key or --sigstore")
+        typer.echo(str(sign_version(Path(target), root, SignWith(key, certificate, list(chain or []), sigstore))))
+    except QrtrainError as error:
+        fail(error)
 
 
 @app.command("diff")

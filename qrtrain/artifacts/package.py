@@ -28,16 +28,28 @@ MERGE_TOLERANCE = 1e-3   # max |logit difference| between merged and base+adapte
 SAMPLE_PROMPTS = ["What is the capital of Veloria?", "Who wrote the Velorian anthem?", "Say hello in one sentence."]
 
 
-def package(target: Path, fmt: str, output: Path | None = None, base: Path | None = None) -> Path:
+def package(target: Path, fmt: str, output: Path | None = None, base: Path | None = None, sign_with=None) -> Path:
     """Package a verified version. The version is first copied into a private folder and verified there:
-    every format is built from those verified bytes, so a file changed meanwhile can never come out verified."""
+    every format is built from those verified bytes, so a file changed meanwhile can never come out verified.
+    A bundle carries the version's signature (model.sig) as it is; the other formats write new files, and
+    are signed with `sign_with` (an hf package of a signed version must be)."""
     from qrtrain.artifacts.resolve import resolve_target
+    from qrtrain.artifacts.signing import SIGNATURE_NAME, check_sign_with
 
     if fmt not in FORMATS:
         raise QrtrainError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     version, recorded_base = resolve_target(Path(target))
     if version is None:
         raise QrtrainError(f"{target}: not an artifact version; give outputs/NAME/vN (or outputs/NAME for the latest)")
+    if sign_with is not None and fmt == "bundle":
+        raise QrtrainError("--sign-key: a bundle carries the version's own signature unchanged; sign the version "
+                           f"first (qrtrain sign {version} --key KEY), then package it")
+    if sign_with is None and fmt == "hf" and (version / SIGNATURE_NAME).exists():
+        raise QrtrainError(f"{version} is signed, and its hf package rewrites metadata.json, training_config.yaml and "
+                           "checksums.json (no local paths), so the version's signature cannot cover it: pass "
+                           "--sign-key KEY to sign the package")
+    if sign_with is not None:
+        check_sign_with(sign_with, "--sign-key")
     name = f"{version.parent.name}-{version.name}-{fmt}"
     # default: ROOT/packages/ beside the artifacts (git-ignored with outputs/), not the current folder
     out = Path(output) if output else version.parent.parent / "packages" / (name + (".tar.gz" if fmt == "bundle" else ""))
@@ -75,6 +87,10 @@ def package(target: Path, fmt: str, output: Path | None = None, base: Path | Non
         write_manifest(staging)
         if fmt == "hf":
             prove_copies(staging, source)
+        if sign_with is not None:
+            from qrtrain.artifacts.signing import sign_folder
+
+            sign_folder(staging, sign_with)
         staging.chmod(0o755)
         staging.rename(out)
         if fmt == "hf":
@@ -218,7 +234,8 @@ def build_hf(version: Path, staging: Path) -> dict:
     from omegaconf import OmegaConf
 
     for path in version.iterdir():
-        if path.is_file() and path.name not in (MANIFEST_NAME, "metadata.json", "training_config.yaml"):
+        if path.is_file() and path.name not in (MANIFEST_NAME, "metadata.json", "training_config.yaml", "model.sig",
+                                                "provenance.intoto.json"):
             shutil.copy2(path, staging / path.name)
     config = OmegaConf.load(version / "training_config.yaml")
     for key in ("artifact.root", "model.path", "data.eval"):

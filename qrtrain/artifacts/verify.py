@@ -5,7 +5,10 @@
     qrtrain verify outputs/NAME/v1 --json     # for machines
     qrtrain verify outputs/NAME/v1 --base ~/.cache/qrtrain/models/...   # also the base model's files
 
-Exit codes: 0 verified, 1 a check failed (every failure listed), 2 usage or I/O error.
+    qrtrain verify outputs/NAME/v1 --key pub.pem --require-signature      # and its signature (model.sig)
+
+Exit codes: 0 verified, 1 a check failed (every failure listed), 2 usage or I/O error, 3 the files verify
+but the signature does not (unsigned with --require-signature, another key's, or another version's).
 Imports nothing heavy (no torch, transformers, peft, trl); files are hashed in streamed chunks.
 """
 
@@ -16,6 +19,7 @@ import struct
 from pathlib import Path, PurePosixPath
 
 from qrtrain.artifacts.manifest import FORMAT_VERSION, MANIFEST_NAME, root_digest
+from qrtrain.artifacts.signing import SIGNATURE_NAME, TrustWith, signature_result
 from qrtrain.errors import QrtrainError
 from qrtrain.files import sha256_file
 
@@ -29,23 +33,26 @@ METADATA_SCHEMA = {"name": str, "version": str, "created": str, "qrtrain_version
                    "device": str, "libraries": dict, "base_weights_check": dict}
 
 
-def verify_path(path: Path, base: Path | None = None) -> list[dict]:
+def verify_path(path: Path, base: Path | None = None, trust: TrustWith | None = None) -> list[dict]:
     """Results for a version folder, every version of an artifact folder, or a bundle (.tar.gz)."""
     path = Path(path)
     if not path.exists():
         raise QrtrainError(f"{path}: no such file or folder")
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        if trust is not None and (trust.checks() or trust.require):
+            raise QrtrainError(f"{path}: signatures are checked on the unpacked version: qrtrain unpack {path} DEST, "
+                               "then qrtrain verify DEST/NAME-vN with the same options")
         result = verify_contents(str(path), bundle_contents(path), base)
         result.pop("metadata", None)
         return [result]
     if path.is_dir() and (path / MANIFEST_NAME).exists():
-        return [verify_version(path, base)]
+        return [verify_version(path, base, trust=trust)]
     if path.is_dir():
         versions = sorted((p for p in path.iterdir() if p.is_dir() and re.fullmatch(r"v\d+", p.name)),
                           key=lambda p: int(p.name[1:]))
         if not versions:
             raise QrtrainError(f"{path}: neither a version folder (no {MANIFEST_NAME}) nor an artifact folder (no v<N> inside)")
-        results = [verify_version(v, base) for v in versions]
+        results = [verify_version(v, base, trust=trust) for v in versions]
         from qrtrain.artifacts.versions import LATEST_NAME, latest_problem
 
         problem, _ = latest_problem(path)
@@ -56,8 +63,16 @@ def verify_path(path: Path, base: Path | None = None) -> list[dict]:
     raise QrtrainError(f"{path}: expected an artifact version folder, an artifact name folder or a .tar.gz bundle")
 
 
-def verify_version(folder: Path, base: Path | None = None, seen: frozenset = frozenset()) -> dict:
+def verify_version(folder: Path, base: Path | None = None, seen: frozenset = frozenset(),
+                   trust: TrustWith | None = None) -> dict:
     result = verify_contents(str(folder), folder_contents(Path(folder)), base)
+    signature = signature_result(Path(folder), trust, result["verified"])
+    if signature["state"] == "invalid" or (signature["state"] == "unsigned" and trust is not None and trust.require):
+        result["problems"].append({"file": SIGNATURE_NAME, "check": "signature", "message": signature["message"]
+                                   if signature["state"] == "invalid" else "unsigned, and --require-signature "
+                                   "was given: sign it with `qrtrain sign VERSION --key PRIVATE_KEY`"})
+        result["verified"] = False
+    result["signature"] = signature
     if isinstance(result.get("metadata"), dict):  # a version from init_adapter: its parent, when it is here
         check_parent(Path(folder), result["metadata"], lambda *p: result["problems"].append(
             dict(zip(("file", "check", "message"), p))), result["notes"].append, seen)
@@ -276,7 +291,7 @@ def read_manifest(contents: dict, fail) -> dict | None:
 def check_file_set(contents: dict, entries: dict, on_disk: dict, fail) -> None:
     """The files present equal the manifest: missing, extra and renamed files are named."""
     missing = sorted(p for p in entries if p not in on_disk)
-    extra = sorted(set(on_disk) - set(entries))
+    extra = sorted(set(on_disk) - set(entries) - {SIGNATURE_NAME})  # the signature signs the manifest: never in it
     sizes = {entries[m]["size"] for m in missing}
     extra_hashes = {p: contents["sha256"](p) for p in extra if on_disk[p] in sizes}
     renamed_to = set()
@@ -476,8 +491,12 @@ def print_results(results: list[dict], as_json: bool) -> None:
     for result in results:
         for note in result.get("notes", []):
             console.print(f"note: {note}")
+        signature = result.get("signature") or {}
+        if signature.get("state") in ("valid", "present"):
+            console.print(f"signature: {signature['message']} ({signature['signer']})")
         if result["verified"]:
-            console.print(f"[green]verified[/] {result['path']}: {result['files']} files, root digest {result['root_digest']}")
+            console.print(f"[green]verified[/] {result['path']}: {result['files']} files, root digest {result['root_digest']}"
+                          + (", signed" if signature.get("state") == "valid" else ""))
             continue
         table = Table(title=f"FAILED {result['path']}", title_style="bold red", title_justify="left")
         for column in ("file", "check", "problem"):
@@ -487,10 +506,23 @@ def print_results(results: list[dict], as_json: bool) -> None:
         console.print(table)
 
 
-def verify(path: Path, base: Path | None = None, as_json: bool = False) -> int:
-    """Verify and print; the exit code (0 verified, 1 a check failed)."""
+def verify(path: Path, base: Path | None = None, as_json: bool = False, trust: TrustWith | None = None) -> int:
+    """Verify and print; the exit code (0 verified, 1 a check failed, 3 only the signature failed)."""
     if base is not None and not Path(base).is_dir():
         raise QrtrainError(f"--base {base}: no such model folder")
-    results = verify_path(path, base)
+    for label, given in (("--key", [trust.key] if trust and trust.key else []),
+                         ("--certificate-chain", trust.chain if trust else [])):
+        for file in given:
+            if not Path(file).is_file():
+                raise QrtrainError(f"{label} {file}: no such file")
+    results = verify_path(path, base, trust)
     print_results(results, as_json)
-    return 0 if all(r["verified"] for r in results) else 1
+    return exit_code(results)
+
+
+def exit_code(results: list[dict]) -> int:
+    """0 every version verified; 3 only signature checks failed; 1 any other check failed."""
+    problems = [p for r in results for p in r["problems"]]
+    if not problems:
+        return 0
+    return 3 if all(p["check"] == "signature" for p in problems) else 1

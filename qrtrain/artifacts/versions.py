@@ -63,14 +63,27 @@ def remove_stale_staging(name_dir: Path) -> None:
             pass
 
 
-def publish_version(staging: Path, metadata: dict) -> Path:
-    """Give the staged files their metadata and manifest and rename them to the next v<N>."""
+def publish_version(staging: Path, metadata: dict, config: dict | None = None, sign_with=None) -> Path:
+    """Give the staged files their metadata, provenance statement and manifest, sign them when `sign_with`
+    says how (qrtrain/artifacts/signing.py: the version is never unsigned in between), and rename them to
+    the next v<N>."""
+    from datetime import datetime, timezone
+
+    from qrtrain.artifacts.statement import STATEMENT_NAME, provenance_statement
+
     name_dir = staging.parent
     with open(name_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         number = max([highest_published(name_dir), *versions(name_dir)]) + 1
-        write_json(staging / "metadata.json", {**metadata, "version": f"v{number}"})
+        metadata = {**metadata, "version": f"v{number}"}
+        write_json(staging / "metadata.json", metadata)
+        finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(staging / STATEMENT_NAME, provenance_statement(staging, metadata, config or {}, finished))
         write_manifest(staging)
+        if sign_with is not None:
+            from qrtrain.artifacts.signing import sign_folder
+
+            sign_folder(staging, sign_with)
         fsync_tree(staging)
         final = name_dir / f"v{number}"
         os.rename(staging, final)

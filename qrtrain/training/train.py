@@ -387,4 +387,15 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
         metadata = version_metadata(cfg, tokenizer, data_sources, base_folder, device, base_digest,
                                     describe_extensions(cfg), parent)
         (staging / "README.md").write_text(model_card(cfg, metadata, metrics), encoding="utf-8")
-        return publish_version(staging, metadata)
+        return publish_version(staging, metadata, OmegaConf.to_container(cfg, resolve=True), sign_with(cfg))
+
+
+def sign_with(cfg):
+    """artifact.sign_key (with artifact.sign_certificate and sign_chain): how the version is signed as it is
+    published; None: unsigned (`qrtrain sign` signs it later)."""
+    from qrtrain.artifacts.signing import SignWith
+
+    if not cfg.artifact.get("sign_key"):
+        return None
+    return SignWith(Path(cfg.artifact.sign_key), Path(cfg.artifact.sign_certificate) if cfg.artifact.get(
+        "sign_certificate") else None, [Path(p) for p in cfg.artifact.get("sign_chain") or []])
