@@ -195,6 +195,51 @@ def diff(
         fail(error)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def gate(
+    ctx: typer.Context,
+    candidate: str = typer.Argument(..., help="The version to judge: NAME/vN (or NAME, its latest) under --root, or a version folder."),
+    baseline: str = typer.Option(..., "--baseline", help="NAME/vN, previous (the candidate's next lower version) or latest."),
+    metric: list[str] = typer.Option(None, "--metric", help="A per-question metric (repeatable; default keyword_accuracy)."),
+    max_drop: list[float] = typer.Option(None, "--max-drop", help="The largest drop allowed (one, or one per --metric; default 0.02)."),
+    confidence: float = typer.Option(0.95, "--confidence", help="The bootstrap interval's level."),
+    root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """For CI: exit 1 when the candidate is worse than the baseline on a metric beyond --max-drop (paired
+    bootstrap), 0 when not worse. Extra args: evaluate's key=value overrides (the suite)."""
+    from qrtrain.evaluation.gate import gate as run_gate
+    from qrtrain.evaluation.gate import print_gate
+
+    try:
+        result = run_gate(candidate, baseline, list(metric or []), list(max_drop or [0.02]), root, list(ctx.args),
+                          confidence)
+    except QrtrainError as error:
+        fail(error)
+    print_gate(result, as_json)
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
+@app.command()
+def replay(
+    target: str = typer.Argument(..., help="A version: NAME/vN (or NAME, its latest) under --root, or a version folder."),
+    steps: int = typer.Option(None, "--steps", help="Replay the first N steps (default: all the recorded ones)."),
+    root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table."),
+) -> None:
+    """Train the first steps again from the recorded config and compare the loss curve. Exit 0 reproduced,
+    1 it differs, 2 a data or base model file differs from the recorded digest."""
+    from qrtrain.training.replay import print_replay
+    from qrtrain.training.replay import replay as run_replay
+
+    try:
+        result = run_replay(target, root, steps)
+    except QrtrainError as error:
+        fail(error)
+    print_replay(result, as_json)
+    raise typer.Exit(0 if result["reproduced"] else 1)
+
+
 @app.command("list")
 def list_artifacts(
     root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
