@@ -271,12 +271,13 @@ def serve(
     workers: int = typer.Option(1, "--workers", min=1, help="Jobs run at once; the rest wait in order."),
     data_root: list[Path] = typer.Option(None, "--data-root", help="Where request paths may point (repeatable; default: the current folder)."),
     trust_proxy: list[str] = typer.Option(None, "--trust-proxy", help="A reverse proxy's address whose X-Forwarded-For is believed (repeatable)."),
+    trusted_key: Path = typer.Option(None, "--trusted-key", help="The public key (PEM) the registry checks signatures with."),
 ) -> None:
     """Run the training service: job API, live events, the registry over HTTP and a dashboard at /."""
     from qrtrain.service.serve import serve as run_service
 
     try:
-        run_service(host, port, root, workers, data_root or [Path.cwd()], trust_proxy or [])
+        run_service(host, port, root, workers, data_root or [Path.cwd()], trust_proxy or [], trusted_key)
     except QrtrainError as error:
         fail(error)
 

@@ -17,7 +17,9 @@ from qrtrain.files import read_json, regular_files
 from qrtrain.terminal import table_console
 
 
-def list_versions(root: Path) -> list[dict]:
+def list_versions(root: Path, trust=None) -> list[dict]:
+    """One row per version; `signature` is unsigned, present (not checked), or, given `trust`
+    (qrtrain.artifacts.signing.TrustWith), valid or invalid."""
     root = Path(root)
     if not root.is_dir():
         raise QrtrainError(f"{root}: no such artifact root (set --root, or train first: qrtrain train)")
@@ -47,11 +49,18 @@ def list_versions(root: Path) -> list[dict]:
                 "eval_loss": metrics.get("eval_loss") if isinstance(metrics.get("eval_loss"), (int, float)) else None,
                 "data": data_summary(metadata.get("datasets")),
                 "size_bytes": sum(p.lstat().st_size for p in regular_files(folder)),  # links not followed
-                "verified": verify_version(folder)["verified"],
+                **verified_and_signed(folder, trust),
                 "path": str(folder),
                 **({"metadata_problem": damaged} if damaged else {}),
             })
     return rows
+
+
+def verified_and_signed(folder: Path, trust) -> dict:
+    result = verify_version(folder, trust=trust)
+    signature = result["signature"]
+    return {"verified": result["verified"] or all(p["check"] == "signature" for p in result["problems"]),
+            "signature": signature["state"], "signer": signature["signer"]}
 
 
 def checkpoint_folders(root: Path) -> list[dict]:
@@ -142,7 +151,7 @@ def print_versions(rows: list[dict], as_json: bool) -> None:
 
     table = Table(title="qrtrain artifacts", title_justify="left")
     for column in ("artifact", "version", "created", "base model", "method", "from", "type/strategy/quant", "data",
-                   "eval loss", "size", "verified"):
+                   "eval loss", "size", "verified", "signed"):
         table.add_column(column)
     for r in rows:
         parent = r.get("parent")
@@ -150,5 +159,7 @@ def print_versions(rows: list[dict], as_json: bool) -> None:
                       f"{parent['name']}/{parent['version']}" if parent else "-",
                       f"{r['model_type']}/{r['strategy']}/{r['quantization']}", data_line(r["data"]),
                       f"{r['eval_loss']:.4f}" if isinstance(r["eval_loss"], (int, float)) else "-",
-                      f"{r['size_bytes'] / 1e6:.1f} MB", "[green]yes[/]" if r["verified"] else "[red]NO[/]")
+                      f"{r['size_bytes'] / 1e6:.1f} MB", "[green]yes[/]" if r["verified"] else "[red]NO[/]",
+                      {"valid": "[green]valid[/]", "invalid": "[red]INVALID[/]", "present": "yes (unchecked)"}.get(
+                          r["signature"], "-"))
     table_console().print(table if rows else "no artifacts yet")

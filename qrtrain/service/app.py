@@ -39,16 +39,21 @@ class ServiceState:
     workers: int
     token: str | None
     progress: dict = field(default_factory=dict)  # job id -> (events offset, newest training event, newest event)
+    trust: object = None  # qrtrain.artifacts.signing.TrustWith: the public keys signatures are checked with
 
 
 def create_app(root: Path, workers: int = 1, token: str | None = None, data_roots: list[Path] | None = None,
-               loopback: bool = True, port: int | None = None) -> FastAPI:
+               loopback: bool = True, port: int | None = None, trusted_key: Path | None = None) -> FastAPI:
     """The app for one artifact root. Jobs start when the app starts (uvicorn's lifespan)."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     checks.without_environment()
     state = ServiceState(root=root, db=store.database(root), workers=workers, token=token,
                          roots=[Path(r).resolve() for r in (data_roots or [Path.cwd()])] + [root])
+    if trusted_key is not None:
+        from qrtrain.artifacts.signing import TrustWith
+
+        state.trust = TrustWith(key=Path(trusted_key).resolve())
 
     @asynccontextmanager
     async def lifespan(app):

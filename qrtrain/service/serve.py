@@ -52,7 +52,8 @@ def lock_root(root: Path):
     return lock
 
 
-def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path], trust_proxy: list[str]) -> None:
+def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path], trust_proxy: list[str],
+          trusted_key: Path | None = None) -> None:
     import uvicorn
 
     from qrtrain.service.app import create_app
@@ -60,10 +61,13 @@ def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path]
     for folder in data_roots:
         if not Path(folder).is_dir():
             raise QrtrainError(f"--data-root {folder}: no such folder")
+    if trusted_key is not None and not Path(trusted_key).is_file():
+        raise QrtrainError(f"--trusted-key {trusted_key}: no such public key file")
     check_writable(Path(root))
     token, generated = api_token(host)
     lock = lock_root(Path(root))  # noqa: F841 (held until the process ends)
-    app = create_app(Path(root), workers, token, data_roots, loopback=host in LOCAL_HOSTS, port=port)
+    app = create_app(Path(root), workers, token, data_roots, loopback=host in LOCAL_HOSTS, port=port,
+                     trusted_key=trusted_key)
     shown = "localhost" if host in LOCAL_HOSTS else host
     if generated:
         say(f"API token (shown once; set QRTRAIN_API_TOKEN to choose it): {token}")

@@ -46,8 +46,9 @@ def free_port() -> int:
 class Service:
     """One service process: its URL, root, data folder and an httpx client."""
 
-    def __init__(self, root: Path, data: Path, workers: int = 1, host: str = "127.0.0.1", env: dict | None = None):
-        self.root, self.data, self.workers, self.host = root, data, workers, host
+    def __init__(self, root: Path, data: Path, workers: int = 1, host: str = "127.0.0.1", env: dict | None = None,
+                 extra: list[str] | None = None):
+        self.root, self.data, self.workers, self.host, self.extra = root, data, workers, host, extra or []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
@@ -57,7 +58,8 @@ class Service:
     def start(self):
         self.log = open(self.root.parent / f"serve-{self.port}.log", "ab")
         self.process = subprocess.Popen([QRTRAIN, "serve", "--host", self.host, "--port", str(self.port), "--root",
-                                         str(self.root), "--workers", str(self.workers), "--data-root", str(self.data)],
+                                         str(self.root), "--workers", str(self.workers), "--data-root", str(self.data),
+                                         *self.extra],
                                         env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -121,10 +123,11 @@ class Service:
 def make_service(tmp_path, tiny_folder):
     started = []
 
-    def make(workers: int = 1, host: str = "127.0.0.1", env: dict | None = None, root: Path | None = None) -> Service:
+    def make(workers: int = 1, host: str = "127.0.0.1", env: dict | None = None, root: Path | None = None,
+             extra: list[str] | None = None) -> Service:
         data = tmp_path / "data"
         data.mkdir(exist_ok=True)
-        service = Service(root or tmp_path / "outputs", data, workers, host, env)
+        service = Service(root or tmp_path / "outputs", data, workers, host, env, extra)
         started.append(service)
         return service.start()
 

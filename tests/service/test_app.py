@@ -174,3 +174,26 @@ def test_changes_are_audited_and_latest_is_protected(make_service):
         ("POST", "/api/jobs", 422)]
     assert audit[0]["job"] == first["id"] and audit[4]["force"] is True
     assert all(a["client"] == "127.0.0.1" and a["time"] <= time.time() for a in audit)
+
+
+def test_the_registry_shows_signatures_the_provenance_statement_and_diffs(make_service, tmp_path):
+    from tests.artifacts.test_signing import write_key_pair
+    from tests.conftest import invoke
+
+    _, private, public = write_key_pair(tmp_path, "service")
+    root = tmp_path / "outputs"
+    for extra in ([f"artifact.sign_key={private}"], ["training.max_steps=3"]):
+        result = invoke("train", "model=tiny", "training.max_steps=2", f"artifact.root={root}", "artifact.name=x",
+                        *extra)
+        assert result.exit_code == 0, result.output
+    service = make_service(root=root, extra=["--trusted-key", str(public)])
+    listed = service.client.get("/api/models").json()
+    assert [(v["version"], v["verified"], v["signature"]) for v in listed] == [("v1", True, "valid"),
+                                                                                ("v2", True, "unsigned")]
+    assert service.client.post("/api/models/x/v1/verify").json()["signature"]["state"] == "valid"
+    statement = service.client.get("/api/models/x/v1/provenance").json()
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1" and statement["subject"]
+    diff = service.client.get("/api/models/diff", params={"a": "x/v1", "b": "x/v2"}).json()
+    assert {"key": "training.max_steps", "a": 2, "b": 3} in diff["config"]
+    for a, b in (("../x/v1", "x/v2"), ("x/v1", "/etc"), ("x", "x/v2"), ("x/v1", "x/v9")):
+        assert service.client.get("/api/models/diff", params={"a": a, "b": b}).status_code == 404, (a, b)

@@ -80,6 +80,15 @@ def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_servic
     row = '#registry tr[data-version="dpo-from-the-page/v1"]'
     wait.until(lambda b: {"from-the-page/v1", "dpo", "verified"} <= set(b.find_element(By.CSS_SELECTOR, row).text.split()))
 
+    assert "unsigned" in browser.find_element(By.CSS_SELECTOR, row).text
+
+    # the two versions side by side: the method differs, and the config keys that differ are listed
+    Select(browser.find_element(By.NAME, "a")).select_by_value("from-the-page/v1")
+    Select(browser.find_element(By.NAME, "b")).select_by_value("dpo-from-the-page/v1")
+    browser.find_element(By.CSS_SELECTOR, "#diff-form button").click()
+    wait.until(lambda b: "method sft dpo" in b.find_element(By.ID, "diff").text)
+    assert "config method.name sft dpo" in browser.find_element(By.ID, "diff").text
+
     # an evaluation job started through the API: its report's chart appears on the page
     evaluation = service.client.post("/api/evaluations", json={"target": "from-the-page/v1",
                                                                "generation": {"max_new_tokens": 8}})

@@ -163,12 +163,45 @@ async function refreshRegistry() {
     cell(row, v.eval_loss != null ? v.eval_loss.toFixed(4) : "");
     cell(row, `${(v.size_bytes / 2 ** 20).toFixed(1)} MB`);
     cell(row, v.verified ? "verified" : "FAILED", v.verified ? "ok" : "bad");
-    cell(row, button("verify", async (e) => {
+    const signed = {valid: "valid", invalid: "INVALID", present: "signed (unchecked)"}[v.signature] || "unsigned";
+    cell(row, v.signer ? `${signed} · ${v.signer}` : signed, {valid: "ok", invalid: "bad"}[v.signature] || "");
+    const actions = cell(row, button("verify", async (e) => {
       const result = await api(`/api/models/${v.artifact}/${v.version}/verify`, {method: "POST"});
       e.target.textContent = result.verified ? "verified ✓"
         : `failed: ${result.problems.map((p) => `${p.file}: ${p.message}`).join("; ")}`;
     }));
+    const link = document.createElement("a");
+    link.href = `/api/models/${encodeURIComponent(v.artifact)}/${v.version}/provenance`;
+    link.textContent = "provenance";
+    actions.append(" ", link);
   }
+  for (const select of document.querySelectorAll("#diff-form select")) {
+    const chosen = select.value;
+    select.replaceChildren(...versions.map((v) => new Option(`${v.artifact}/${v.version}`, `${v.artifact}/${v.version}`)));
+    if (chosen) select.value = chosen;
+    else if (select.name === "b" && versions.length > 1) select.selectedIndex = versions.length - 1;
+  }
+}
+
+// Two versions side by side: what differs in config and data, and every metric both have, with its delta.
+async function showDiff(event) {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  const result = await api(`/api/models/diff?a=${encodeURIComponent(form.get("a"))}&b=${encodeURIComponent(form.get("b"))}`);
+  const body = $("#diff tbody");
+  body.replaceChildren();
+  const number = (x) => (Number.isInteger(x) ? String(x) : typeof x === "number" ? x.toPrecision(4) : x == null ? "-"
+    : typeof x === "string" ? x : JSON.stringify(x));
+  for (const key of ["method", "base_model", "verified", "size_bytes"])
+    addRow(body, key, number(result.a[key]), number(result.b[key]), "");
+  for (const c of result.config) addRow(body, `config ${c.key}`, number(c.a), number(c.b), "");
+  for (const d of result.data) addRow(body, `data ${d.source}`, d.a ? `${d.a.rows} rows` : "-", d.b ? `${d.b.rows} rows` : "-", "");
+  for (const m of result.metrics) addRow(body, m.metric, number(m.a), number(m.b), number(m.delta));
+}
+
+function addRow(body, ...texts) {
+  const row = body.insertRow();
+  for (const t of texts) cell(row, String(t));
 }
 
 // Every report under the root, made by a job here or by `qrtrain evaluate` / `qrtrain compare` on the command line.
@@ -203,6 +236,7 @@ async function refreshHealth() {
 }
 
 $("#job-form").addEventListener("submit", startJob);
+$("#diff-form").addEventListener("submit", showDiff);
 loadOptions().then(refreshJobs).then(refreshRegistry).then(refreshHealth);
 setInterval(refreshJobs, 1000);
 setInterval(refreshHealth, 2000);
