@@ -168,8 +168,8 @@ def sign(
     root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
 ) -> None:
     """Sign a version that verifies (OpenSSF model signing): model.sig covers every file of the version."""
+    from qrtrain.artifacts.sign import sign as sign_version
     from qrtrain.artifacts.signing import SignWith
-    from qrtrain.artifacts.signing import sign as sign_version
 
     try:
         if sigstore and key is not None:

@@ -111,27 +111,17 @@ def check_config(cfg) -> None:
     need("checkpoint.greater_is_better", isinstance(ck.greater_is_better, bool), "true or false")
     need("resume", isinstance(cfg.resume, str) and cfg.resume != "", "auto, never or a checkpoint folder")
     need("artifact.root", isinstance(cfg.artifact.root, str) and cfg.artifact.root != "", "a folder path")
-    problems += signing_problems(cfg.artifact)
+    if artifact_signing_unpaired(cfg.artifact):
+        problems.append(f"artifact.sign_certificate={cfg.artifact.sign_certificate!r}: needs artifact.sign_key, the "
+                        "private key of that certificate")
 
     problems += unknown_keys(cfg)
     if problems:
         raise QrtrainError("invalid config:\n  " + "\n  ".join(problems) + "\nfix these overrides (qrtrain train --help lists the keys)")
 
 
-def signing_problems(artifact) -> list[str]:
-    """artifact.sign_key (and its certificate): files that load, checked before training, not after."""
-    if not artifact.get("sign_key"):
-        return ([f"artifact.sign_certificate={artifact.sign_certificate!r}: needs artifact.sign_key, the private "
-                 "key of that certificate"] if artifact.get("sign_certificate") else [])
-    from qrtrain.artifacts.signing import SignWith, check_sign_with
-
-    try:
-        check_sign_with(SignWith(Path(artifact.sign_key), Path(artifact.sign_certificate)
-                                 if artifact.get("sign_certificate") else None,
-                                 [Path(p) for p in artifact.get("sign_chain") or []]), "artifact.sign_key")
-    except QrtrainError as error:
-        return [error.message]
-    return []
+def artifact_signing_unpaired(artifact) -> bool:
+    return bool(artifact.get("sign_certificate")) and not artifact.get("sign_key")
 
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

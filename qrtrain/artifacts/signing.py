@@ -191,26 +191,3 @@ def signature_result(folder: Path | None, trust: TrustWith | None, files_verifie
     return {"state": "invalid" if problem else "valid", "signer": signer,
             "message": problem or f"valid signature by {trust_label(trust)}"
             + ("" if files_verified else " (but the files fail the manifest)")}
-
-
-def sign(target: Path, root: Path, sign_with: SignWith) -> Path:
-    """`qrtrain sign`: a version that verifies is signed; one that does not is refused (exit 1)."""
-    from qrtrain.artifacts.lineage import find_version
-    from qrtrain.artifacts.verify import verify_version
-
-    check_sign_with(sign_with)
-    folder = find_version(str(target), Path(root)) if not Path(target).is_dir() else Path(target)
-    if folder is None or not (folder / "checksums.json").is_file():
-        raise QrtrainError(f"{target}: no such version under {root} (nor a version folder); `qrtrain list` shows "
-                           "the versions")
-    result = verify_version(folder)
-    if not result["verified"]:
-        listed = "; ".join(f"{p['file']}: {p['message']}" for p in result["problems"][:5])
-        raise QrtrainError(f"{folder} fails verification, so it is not signed ({listed})", exit_code=1)
-    replaced = (folder / SIGNATURE_NAME).exists()
-    path = sign_folder(folder, sign_with)
-    from qrtrain.terminal import say
-
-    say(f"signed {folder} with {sign_with.describe()}" + (" (the earlier signature replaced)" if replaced else "")
-        + f"; check it with: qrtrain verify {folder} --key PUBLIC_KEY --require-signature")
-    return path
