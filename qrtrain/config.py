@@ -111,17 +111,13 @@ def check_config(cfg) -> None:
     need("checkpoint.greater_is_better", isinstance(ck.greater_is_better, bool), "true or false")
     need("resume", isinstance(cfg.resume, str) and cfg.resume != "", "auto, never or a checkpoint folder")
     need("artifact.root", isinstance(cfg.artifact.root, str) and cfg.artifact.root != "", "a folder path")
-    if artifact_signing_unpaired(cfg.artifact):
+    if cfg.artifact.get("sign_certificate") and not cfg.artifact.get("sign_key"):
         problems.append(f"artifact.sign_certificate={cfg.artifact.sign_certificate!r}: needs artifact.sign_key, the "
                         "private key of that certificate")
 
     problems += unknown_keys(cfg)
     if problems:
         raise QrtrainError("invalid config:\n  " + "\n  ".join(problems) + "\nfix these overrides (qrtrain train --help lists the keys)")
-
-
-def artifact_signing_unpaired(artifact) -> bool:
-    return bool(artifact.get("sign_certificate")) and not artifact.get("sign_key")
 
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",

@@ -124,10 +124,11 @@ def start_run(cfg, run_dir: Path) -> None:
     emit("validating_data")
     check_config(cfg)
     check_writable(Path(cfg.artifact.root))
-    if sign_with(cfg) is not None:  # the key loads, before training rather than after
+    signing = sign_with(cfg)
+    if signing is not None:  # the key loads, before training rather than after
         from qrtrain.artifacts.signing import check_sign_with
 
-        check_sign_with(sign_with(cfg), "artifact.sign_key")
+        check_sign_with(signing, "artifact.sign_key")
     quiet_libraries()
 
 
