@@ -34,7 +34,7 @@ def worker(setting: str | None) -> None:
     import torch
 
     from qrtrain.config import compose
-    from qrtrain.evaluation import generation
+    from qrtrain.models import generation
     from qrtrain.evaluation.evaluate import suite_items
     from qrtrain.models import loading as models
     from qrtrain.models.threads import set_cpu_threads

@@ -53,7 +53,7 @@ def compare(overrides: list[str]) -> Path:
     items = suite_items(cfg)
 
     from qrtrain.data.corpus import read_documents
-    from qrtrain.evaluation import generation
+    from qrtrain.models import generation
     from qrtrain.evaluation.evaluate import score
     from qrtrain.evaluation.retrieval import build_index
     from qrtrain.models import loading as models

@@ -201,7 +201,8 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
     items = suite_items(cfg, trained["model_type"], trained["prompt_format"])
     suite = suite_name(cfg)
 
-    from qrtrain.evaluation import generation, report
+    from qrtrain.evaluation import report
+    from qrtrain.models import generation
     from qrtrain.models import loading as models
     from qrtrain.models.threads import set_cpu_threads
     from qrtrain.terminal import quiet_libraries, say

@@ -165,7 +165,7 @@ def load_generator(cfg):
 
 def generate(cfg, model, tokenizer, jobs: list[dict]) -> list[dict]:
     """Samples {question, answer, stopped, passage, source, expect_json} for every job, with a progress bar."""
-    from qrtrain.evaluation.generation import generate_answers
+    from qrtrain.models.generation import generate_answers
 
     s = cfg.synth
     sampling = {"temperature": float(s.temperature), "top_p": float(s.top_p)}
