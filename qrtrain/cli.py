@@ -97,21 +97,22 @@ def synth(ctx: typer.Context) -> None:
 @app.command("package")
 def package_artifact(
     target: Path = typer.Argument(..., help="An artifact version (outputs/NAME/v1) or artifact (its latest version)."),
-    fmt: str = typer.Option(..., "--format", help="bundle | hf | merged | ollama"),
+    fmt: str = typer.Option(..., "--format", help="bundle | hf | merged | ollama | gguf"),
     output: Path = typer.Option(None, "--output", help="Where to write; default ROOT/packages/NAME-vN-FORMAT[.tar.gz] beside the artifact."),
     base: Path = typer.Option(None, "--base", help="The base model folder (default: the one in metadata.json)."),
     sign_key: Path = typer.Option(None, "--sign-key", help="Sign the package (hf, merged, ollama) with this private key."),
     sign_certificate: Path = typer.Option(None, "--sign-certificate", help="The signing certificate of --sign-key."),
     sign_chain: list[Path] = typer.Option(None, "--sign-chain", help="Certificates up to the root of trust (repeatable)."),
+    quant: str = typer.Option(None, "--quant", help="--format gguf only: q8_0 (default) | f16."),
 ) -> None:
-    """Package a verified version: a bundle, a Hub folder, a merged model or an Ollama adapter."""
+    """Package a verified version: a bundle, a Hub folder, a merged model, an Ollama adapter or one GGUF file."""
     from qrtrain.artifacts.package import package
     from qrtrain.artifacts.signing import SignWith
 
     emit("packaging", target=str(target), format=fmt)
     try:
         sign_with = SignWith(sign_key, sign_certificate, list(sign_chain or [])) if sign_key else None
-        out = package(target, fmt, output, base, sign_with)
+        out = package(target, fmt, output, base, sign_with, quant)
     except QrtrainError as error:
         fail(error)
     emit("done", output=str(out))

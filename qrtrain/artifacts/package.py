@@ -4,6 +4,7 @@
     qrtrain package outputs/NAME/v1 --format hf          # a folder for `hf upload` (no upload)
     qrtrain package outputs/NAME/v1 --format merged      # base + adapter merged, safetensors shards
     qrtrain package outputs/NAME/v1 --format ollama      # GGUF LoRA adapter + Modelfile
+    qrtrain package outputs/NAME/v1 --format gguf        # one merged GGUF file (--quant q8_0 | f16), no base needed
     qrtrain unpack NAME-v1-bundle.tar.gz DEST            # safe extraction
 
 Only a version that passes `qrtrain verify` is packaged. Every output carries its own
@@ -19,25 +20,34 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from qrtrain import __version__
+from qrtrain.artifacts.gguf_export import DEFAULT_QUANT, QUANTS, permute_rows
 from qrtrain.artifacts.manifest import MANIFEST_NAME, write_manifest
 from qrtrain.errors import QrtrainError
 from qrtrain.files import write_json
 
-FORMATS = ("bundle", "hf", "merged", "ollama")
+FORMATS = ("bundle", "hf", "merged", "ollama", "gguf")
 MERGE_TOLERANCE = 1e-3   # max |logit difference| between merged and base+adapter, float32
 SAMPLE_PROMPTS = ["What is the capital of Veloria?", "Who wrote the Velorian anthem?", "Say hello in one sentence."]
 
 
-def package(target: Path, fmt: str, output: Path | None = None, base: Path | None = None, sign_with=None) -> Path:
+def package(target: Path, fmt: str, output: Path | None = None, base: Path | None = None, sign_with=None,
+            quant: str | None = None) -> Path:
     """Package a verified version. The version is first copied into a private folder and verified there:
     every format is built from those verified bytes, so a file changed meanwhile can never come out verified.
     A bundle carries the version's signature (model.sig) as it is; the other formats write new files, and
-    are signed with `sign_with` (an hf package of a signed version must be)."""
+    are signed with `sign_with` (an hf package of a signed version must be). `quant`: gguf only."""
     from qrtrain.artifacts.resolve import resolve_target
     from qrtrain.artifacts.signing import SIGNATURE_NAME, check_sign_with
 
     if fmt not in FORMATS:
         raise QrtrainError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    if quant is not None and fmt != "gguf":
+        raise QrtrainError(f"--quant {quant}: only --format gguf is quantized; leave --quant out for --format {fmt}")
+    if fmt == "gguf":
+        quant = quant or DEFAULT_QUANT
+        if quant not in QUANTS:
+            raise QrtrainError(f"--quant {quant}: expected one of {', '.join(QUANTS)} (the quantizations whose "
+                               "perplexity qrtrain checks)")
     version, recorded_base = resolve_target(Path(target))
     if version is None:
         raise QrtrainError(f"{target}: not an artifact version; give outputs/NAME/vN (or outputs/NAME for the latest)")
@@ -50,7 +60,7 @@ def package(target: Path, fmt: str, output: Path | None = None, base: Path | Non
                            "--sign-key KEY to sign the package")
     if sign_with is not None:
         check_sign_with(sign_with, "--sign-key")
-    name = f"{version.parent.name}-{version.name}-{fmt}"
+    name = f"{version.parent.name}-{version.name}-{fmt}" + (f"-{quant}" if fmt == "gguf" else "")
     # default: ROOT/packages/ beside the artifacts (git-ignored with outputs/), not the current folder
     out = Path(output) if output else version.parent.parent / "packages" / (name + (".tar.gz" if fmt == "bundle" else ""))
     if out.exists() or out.is_symlink():
@@ -80,6 +90,8 @@ def package(target: Path, fmt: str, output: Path | None = None, base: Path | Non
             extra = build_hf(source, staging)
         elif fmt == "merged":
             extra = build_merged(source, base_folder, staging)
+        elif fmt == "gguf":
+            extra = build_gguf(source, base_folder, metadata, staging, quant)
         else:
             extra = build_ollama(source, base_folder, metadata, staging)
         recorded = portable_metadata(metadata) if fmt == "hf" else metadata
@@ -298,6 +310,41 @@ def build_merged(version: Path, base_folder: Path, staging: Path) -> dict:
                             "prompts": SAMPLE_PROMPTS, "dtype": "float32", "base": str(base_folder)}}
 
 
+def build_gguf(version: Path, base_folder: Path, metadata: dict, staging: Path, quant: str) -> dict:
+    """Merge into a float32 copy of the base, write NAME-vN.QUANT.gguf, and prove it: loaded back, its tokenizer
+    gives the version's ids and its held-out perplexity is within tolerance of base + adapter's."""
+    import torch
+    from omegaconf import OmegaConf
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from qrtrain.artifacts.gguf_export import (check_llama, gguf_perplexity_check, gguf_tokenizer_check,
+                                               heldout_pairs, write_model_gguf)
+    from qrtrain.models.generation import answer_loss
+    from qrtrain.models.loading import load_chat_tokenizer
+
+    _check_base(base_folder)
+    check_llama(json.loads((Path(base_folder) / "config.json").read_text()))
+    heldout, pairs = heldout_pairs(version, metadata.get("model_type", "dialogue"))
+    max_length = OmegaConf.select(OmegaConf.load(version / "training_config.yaml"), "training.max_length")
+    tokenizer = load_chat_tokenizer(version)
+    base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32).eval()
+    adapted = PeftModel.from_pretrained(base, version).eval()
+    adapter_loss = answer_loss(adapted, tokenizer, pairs, max_length=max_length)
+    with torch.no_grad():
+        merged = adapted.merge_and_unload().eval()
+    path = staging / f"{metadata['name']}-{metadata['version']}.{quant}.gguf"
+    tensor_types = write_model_gguf(merged, tokenizer, path, quant, f"{metadata['name']}-{metadata['version']}")
+    del merged, adapted, base
+    conversations = [[{"role": "user", "content": p}] for p in SAMPLE_PROMPTS] + [p for p, _ in pairs[:3]
+                                                                                 if isinstance(p, list)]
+    tokenizer_check = gguf_tokenizer_check(path, tokenizer, conversations)
+    perplexity = gguf_perplexity_check(path, pairs, adapter_loss, quant, max_length)
+    return {"gguf_file": path.name, "quant": quant, "tensor_types": tensor_types,
+            "perplexity_check": {**perplexity, "heldout": heldout.name, "dtype_of_reference": "float32"},
+            "tokenizer_check": tokenizer_check, "base_folder": str(base_folder)}
+
+
 def _check_base(base_folder: Path) -> None:
     if not (Path(base_folder) / "config.json").is_file():
         raise QrtrainError(f"base model folder {base_folder} is missing; pass --base FOLDER")
@@ -326,12 +373,6 @@ def lora_tensors_for_gguf(version: Path, base_config: dict) -> dict:
             array = permute_rows(array, n_head if module.endswith("q_proj") else n_kv)
         out[f"{target}.weight.{part}"] = array.astype("float32")
     return out
-
-
-def permute_rows(weights, n_head: int):
-    """llama.cpp's LlamaModel.permute: reorder output rows from HF's rotary layout to GGML's."""
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
 
 
 def build_ollama(version: Path, base_folder: Path, metadata: dict, staging: Path) -> dict:

@@ -231,7 +231,7 @@ def verify_contents(label: str, contents: dict, base: Path | None = None) -> dic
         fail("metadata.json", "metadata", "missing")
     package_format = ((metadata or {}).get("package") or {}).get("format")
     tensors = {r: check_safetensors(contents, r, fail) for r in on_disk if r.endswith(".safetensors")}
-    if package_format not in ("merged", "ollama"):
+    if package_format not in ("merged", "ollama", "gguf"):  # a model or adapter of another form, no PEFT files
         if "adapter_model.safetensors" not in on_disk:
             fail("adapter_model.safetensors", "adapter", "missing")
         if "adapter_config.json" not in on_disk:
