@@ -4,6 +4,7 @@
     qrtrain train model=tiny training.max_steps=5
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -265,6 +266,58 @@ def list_artifacts(
 
 
 @app.command()
+def deploy(
+    target: str = typer.Argument(None, help="The version to deploy: NAME/vN (or NAME, its latest) under --root, or a version folder."),
+    name: str = typer.Option(None, "--name", help="The endpoint: what clients send as `model` to qrtrain serve's /v1."),
+    engine: str = typer.Option("transformers", "--engine", help="transformers | vllm | llama.cpp | ollama"),
+    canary: int = typer.Option(0, "--canary", help="Send this percentage of the endpoint's requests to the new version."),
+    promote: bool = typer.Option(False, "--promote", help="The endpoint's canary becomes live."),
+    rollback: bool = typer.Option(False, "--rollback", help="Stop the canary, or return to the previous version."),
+    stop: bool = typer.Option(False, "--stop", help="Stop every engine of the endpoint."),
+    port: int = typer.Option(None, "--port", help="The engine's port on 127.0.0.1 (default: a free one)."),
+    engine_arg: list[str] = typer.Option(None, "--engine-arg", help="One more argument for the engine (repeatable)."),
+    min_agreement: float = typer.Option(0.9, "--min-agreement", help="The equivalence gate: least share of answers identical to evaluate's."),
+    ready_timeout: float = typer.Option(300, "--ready-timeout", help="Seconds the engine may take to become ready."),
+    device: str = typer.Option("auto", "--device", help="transformers serve's device (auto, cpu, cuda:0)."),
+    root: Path = typer.Option(Path("outputs"), "--root", help="The artifact root (artifact.root when training)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Serve a verified version through an inference engine, checked (readiness, a smoke completion, the
+    equivalence gate) before it takes traffic; without arguments, list the deployments. Exit 0 serving,
+    1 a check failed (the previous version keeps serving), 2 bad input."""
+    from qrtrain.deploy import deploy as deploying
+
+    try:
+        actions = [flag for flag, given in (("--promote", promote), ("--rollback", rollback), ("--stop", stop)) if given]
+        if len(actions) > 1 or (actions and target):
+            raise QrtrainError(f"{' and '.join(actions + (['a version'] if target else []))}: give one action at a time")
+        if (target or actions) and not name:
+            raise QrtrainError("--name ENDPOINT is needed: the endpoint clients send as `model`")
+        if actions:
+            action = {"--promote": deploying.promote, "--rollback": deploying.rollback, "--stop": deploying.stop}
+            done = action[actions[0]](root, name)
+            emit("done", endpoint=name, action=actions[0][2:])
+            typer.echo(json.dumps(done, default=str) if as_json else f"{name}: {actions[0][2:]} done")
+        elif target:
+            emit("deploying", target=target, endpoint=name)
+            request = deploying.DeployRequest(target, name, root, engine, canary, port, ready_timeout, min_agreement,
+                                              list(engine_arg or []), device)
+            done = deploying.deploy(request)
+            emit("done", endpoint=name, version=done["version"], deployment=done["id"])
+            gate = done["checks"]["equivalence"]
+            typer.echo(json.dumps(done, default=str) if as_json else
+                       f"{name}: {done['version']} is {done['status']}"
+                       f"{f' ({canary}% of requests)' if done['status'] == 'canary' else ''} on {engine} "
+                       f"(127.0.0.1:{done['port']}); equivalence gate: {gate['answer_agreement']:.3f} of "
+                       f"{gate['n']} answers identical to evaluate's, "
+                       + ", ".join(f"{k} {m['endpoint']:.3f} vs {m['recorded']:.3f}" for k, m in gate["metrics"].items()))
+        else:
+            deploying.print_deployments(deploying.deployments(root), as_json)
+    except QrtrainError as error:
+        fail(error)
+
+
+@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address; any but localhost requires an API token."),
     port: int = typer.Option(8765, "--port"),
@@ -273,12 +326,13 @@ def serve(
     data_root: list[Path] = typer.Option(None, "--data-root", help="Where request paths may point (repeatable; default: the current folder)."),
     trust_proxy: list[str] = typer.Option(None, "--trust-proxy", help="A reverse proxy's address whose X-Forwarded-For is believed (repeatable)."),
     trusted_key: Path = typer.Option(None, "--trusted-key", help="The public key (PEM) the registry checks signatures with."),
+    health_interval: float = typer.Option(10, "--health-interval", help="Seconds between deployments' health checks (0: none)."),
 ) -> None:
     """Run the training service: job API, live events, the registry over HTTP and a dashboard at /."""
     from qrtrain.service.serve import serve as run_service
 
     try:
-        run_service(host, port, root, workers, data_root or [Path.cwd()], trust_proxy or [], trusted_key)
+        run_service(host, port, root, workers, data_root or [Path.cwd()], trust_proxy or [], trusted_key, health_interval)
     except QrtrainError as error:
         fail(error)
 

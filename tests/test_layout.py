@@ -23,6 +23,7 @@ LAYERS = [
     ["qrtrain.models"],
     ["qrtrain.artifacts"],
     ["qrtrain.training", "qrtrain.evaluation"],
+    ["qrtrain.deploy"],
     ["qrtrain.service", "qrtrain.synth"],
     ["qrtrain.cli"],
     ["qrtrain.__main__"],

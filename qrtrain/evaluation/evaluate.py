@@ -158,10 +158,14 @@ def base_folder_for(cfg, recorded: Path) -> Path:
     return folder
 
 
-def suite_items(cfg, model_type: str = "dialogue", prompt_format: str = "chat") -> list[dict]:
+def suite_path(cfg, model_type: str = "dialogue") -> Path:
+    """The question file of the suite: evaluation.questions, else the shipped demo questions."""
     demo = "shapes_heldout.jsonl" if model_type == "multimodal" else "qa_heldout.jsonl"
-    path = Path(cfg.evaluation.questions) if cfg.evaluation.questions else DEMO_DIR / demo
-    return load_items(path, prompt_format)
+    return Path(cfg.evaluation.questions) if cfg.evaluation.questions else DEMO_DIR / demo
+
+
+def suite_items(cfg, model_type: str = "dialogue", prompt_format: str = "chat") -> list[dict]:
+    return load_items(suite_path(cfg, model_type), prompt_format)
 
 
 def suite_name(cfg) -> str:
@@ -237,6 +241,7 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
     aggregate["peak_memory_mb"] = {"mean": generation.peak_memory_mb(device), "ci95": None, "n": 1}
 
     result = {"target": str(artifact or base), "base_model": str(base), "suite": suite,
+              "questions": str(suite_path(cfg, trained["model_type"]).resolve()),
               "prompt_format": trained["prompt_format"], "max_new_tokens": max_new_tokens,
               "created": datetime.now().isoformat(timespec="seconds"), "device": device,
               "seconds": round(time.time() - started, 2), "metrics": aggregate, "items": rows}

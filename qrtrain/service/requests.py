@@ -266,3 +266,50 @@ def path_fields(request: Body, prefix: str = "") -> list[tuple[str, object]]:
 def holds_path(annotation) -> bool:
     """Whether a type is, or contains (in a union or list), the RequestPath type."""
     return any(isinstance(part, IsPath) or holds_path(part) for part in get_args(annotation))
+
+
+# The OpenAI-compatible route (/v1): the fields an inference request may carry, nothing more. The service
+# forwards the checked body, with `model` (the endpoint) replaced by the engine's own model name.
+class TextPart(Body):
+    type: Literal["text"]
+    text: Annotated[str, StringConstraints(max_length=200_000)]
+
+
+class ChatMessage(Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, StringConstraints(max_length=200_000)] | Annotated[list[TextPart], Field(max_length=64)]
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+Endpoint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")]
+Stop = Annotated[str, StringConstraints(min_length=1, max_length=64)] | Annotated[
+    list[Annotated[str, StringConstraints(min_length=1, max_length=64)]], Field(max_length=4)]
+
+
+class SamplingSettings(Body):
+    """What both routes share: the endpoint, limits and sampling (n is 1: one answer per request)."""
+
+    model: Endpoint = Field(description="The endpoint's name (`qrtrain deploy ... --name ENDPOINT`)")
+    max_tokens: int | None = Field(None, ge=1, le=8192)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Stop | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_INT)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    n: Literal[1] | None = None
+    user: Annotated[str, StringConstraints(max_length=256)] | None = None
+
+
+class ChatCompletionRequest(SamplingSettings):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_completion_tokens: int | None = Field(None, ge=1, le=8192)
+
+
+class CompletionRequest(SamplingSettings):
+    prompt: Annotated[str, StringConstraints(max_length=200_000)]

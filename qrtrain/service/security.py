@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 MAX_BODY = 64 * 1024
+MAX_INFERENCE_BODY = 1024 * 1024  # /v1: a conversation may be longer than any job request
 CHANGES = ("POST", "PUT", "PATCH", "DELETE")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _audit_lock = threading.Lock()
@@ -94,7 +95,7 @@ class Guard:
             status, message = refusal
             self.audit(scope, method, status, refused=message)
             return await refuse(scope, send, status, message)
-        if method not in CHANGES:
+        if method not in CHANGES or scope.get("path", "").startswith("/v1/"):  # /v1 usage is kept in deployments.db
             return await self.app(scope, receive, send)
         audited = []
 
@@ -122,8 +123,9 @@ class Guard:
             length = header(scope, "content-length")
             if length is None and header(scope, "transfer-encoding"):
                 return 411, "a request body needs a Content-Length"
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-                return 413, f"request body over {MAX_BODY} bytes"
+            limit = MAX_INFERENCE_BODY if scope.get("path", "").startswith("/v1/") else MAX_BODY
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                return 413, f"request body over {limit} bytes"
         return None
 
     def audit(self, scope, method: str, status: int, refused: str | None = None) -> None:
@@ -133,8 +135,13 @@ class Guard:
                   "endpoint": scope.get("path"), **(scope.get("state") or {}).get("audit", {}), "status": status}
         if refused:
             record["refused"] = refused
-        with _audit_lock, open(self.audit_log, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        write_audit(self.audit_log.parent.parent, record)
+
+
+def write_audit(root: Path, record: dict) -> None:
+    """One JSON line in ROOT/.service/audit.jsonl (with the time, when the record has none)."""
+    with _audit_lock, open(Path(root) / ".service" / "audit.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
 async def refuse(scope, send, status: int, message: str) -> None:

@@ -53,7 +53,7 @@ def lock_root(root: Path):
 
 
 def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path], trust_proxy: list[str],
-          trusted_key: Path | None = None) -> None:
+          trusted_key: Path | None = None, health_interval: float = 10) -> None:
     import uvicorn
 
     from qrtrain.service.app import create_app
@@ -67,7 +67,7 @@ def serve(host: str, port: int, root: Path, workers: int, data_roots: list[Path]
     token, generated = api_token(host)
     lock = lock_root(Path(root))  # noqa: F841 (held until the process ends)
     app = create_app(Path(root), workers, token, data_roots, loopback=host in LOCAL_HOSTS, port=port,
-                     trusted_key=trusted_key)
+                     trusted_key=trusted_key, health_interval=health_interval)
     shown = "localhost" if host in LOCAL_HOSTS else host
     if generated:
         say(f"API token (shown once; set QRTRAIN_API_TOKEN to choose it): {token}")
