@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import sys
 
 import pytest
@@ -80,6 +81,16 @@ def tiny_folder(model_cache):
     return model_folder(compose_cfg().model)
 
 
+@pytest.fixture(scope="session")
+def tiny_version(tmp_path_factory, model_cache):
+    """A tiny version, 3 steps at lr 1e-2 (ROOT/p/v1), for the packaging tests: read it, copy it before changing it."""
+    root = tmp_path_factory.mktemp("tiny-version")
+    result = invoke("train", "model=tiny", "training.max_steps=3", "training.learning_rate=1e-2",
+                    f"artifact.root={root}", "artifact.name=p")
+    assert result.exit_code == 0, result.output
+    return root / "p" / "v1"
+
+
 def published_versions(root) -> list[str]:
     """Every v<N> folder under an artifact root."""
     from pathlib import Path
@@ -94,3 +105,23 @@ def invoke(*args):
     from qrtrain.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=DriverService(DRIVER))
+    yield driver
+    driver.quit()

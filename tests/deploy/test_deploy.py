@@ -264,3 +264,73 @@ def test_list_shows_every_deployment_with_usage(setup):
     rows = json.loads(result.output)
     assert {r["status"] for r in rows} >= {"live", "failed", "stopped"}
     assert all({"requests", "errors", "latency_p99_s"} <= set(r["usage"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_dashboard_shows_live_and_canary_side_by_side(setup, browser):
+    """In headless Chromium: the Endpoints table lists the live version and a canary with their shares, health
+    and request counts; a screenshot is saved (QRTRAIN_SCREENSHOT, else the test's tmp folder)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    root, service = setup["root"], setup["service"]
+    done = deploy(root, "tiny-chat/v2", "--name", ENDPOINT, "--canary", "50", "--device", "cpu")
+    assert done.exit_code == 0, done.output
+    try:
+        for n in range(4):
+            service.client.post("/v1/completions", json={"model": ENDPOINT, "prompt": f"A{n}", "max_tokens": 1})
+        browser.get(service.url + "/")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
+        rows = wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#endpoints tr[data-role]")) == 2
+                          and b.find_elements(By.CSS_SELECTOR, "#endpoints tr[data-role]"))
+        cells = {row.get_attribute("data-role"): [td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows}
+        assert cells["live"][2] == "tiny-chat/v1" and cells["live"][4] == "50%" and cells["live"][5] == "healthy"
+        assert cells["canary"][2] == "tiny-chat/v2" and cells["canary"][4] == "50%" and cells["canary"][6] == "2"
+        screenshot = Path(os.environ.get("QRTRAIN_SCREENSHOT", setup["tmp"] / "endpoints.png"))
+        browser.find_element(By.ID, "endpoints").screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 0
+    finally:
+        assert deploy(root, "--name", ENDPOINT, "--rollback").exit_code == 0
+
+
+def test_engine_command_lines(monkeypatch, tmp_path):
+    """What each engine is started with (the program itself need not be installed for this)."""
+    from qrtrain.deploy import engines
+
+    monkeypatch.setattr(engines, "program", lambda engine: engines.ENGINES[engine]["program"])
+    build, base = tmp_path / "build", tmp_path / "base"
+    assert engines.command("transformers", build, 9001, str(build), []) == [
+        "transformers", "serve", str(build), "--host", "127.0.0.1", "--port", "9001", "--device", "auto",
+        "--log-level", "info"]
+    assert engines.command("vllm", tmp_path / "v3", 9002, "support", ["--gpu-memory-utilization", "0.5"],
+                           base=base, lora_rank=32) == [
+        "vllm", "serve", str(base), "--host", "127.0.0.1", "--port", "9002", "--enable-lora", "--lora-modules",
+        f"support={tmp_path / 'v3'}", "--max-lora-rank", "32", "--served-model-name", "support-base",
+        "--generation-config", "auto", "--gpu-memory-utilization", "0.5"]
+    assert engines.command("llama.cpp", tmp_path / "m.q8_0.gguf", 9003, "support", []) == [
+        "llama-server", "-m", str(tmp_path / "m.q8_0.gguf"), "--host", "127.0.0.1", "--port", "9003", "--jinja",
+        "--alias", "support", "-np", "1"]
+    assert engines.command("ollama", tmp_path, 9004, "support", []) == ["ollama", "serve"]
+    assert engines.model_id_for("transformers", "support", build) == str(build)
+    assert {engines.model_id_for(e, "support", build) for e in ("vllm", "llama.cpp", "ollama")} == {"support"}
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama.cpp", "ollama"])
+def test_deploy_through_an_installed_engine(setup, engine):
+    """Where the engine's program is installed: deployed, answering through the route, stopped. The gate's
+    agreement is reported, not required (a q8_0 GGUF's answers may differ from float32's)."""
+    from qrtrain.deploy.engines import ENGINES
+
+    if shutil.which(ENGINES[engine]["program"]) is None:
+        pytest.skip(f"{ENGINES[engine]['program']} is not installed ({ENGINES[engine]['install']})")
+    root, service = setup["root"], setup["service"]
+    endpoint = f"through-{engine.replace('.', '')}"
+    done = deploy(root, "tiny-chat/v1", "--name", endpoint, "--engine", engine, "--min-agreement", "0", "--json")
+    assert done.exit_code == 0, done.output
+    try:
+        answer = service.client.post("/v1/chat/completions", json={
+            "model": endpoint, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+        assert answer.status_code == 200 and answer.headers["x-qrtrain-version"] == "tiny-chat/v1"
+    finally:
+        assert deploy(root, "--name", endpoint, "--stop").exit_code == 0

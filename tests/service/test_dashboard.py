@@ -6,30 +6,11 @@ the registry table. Saves a screenshot (QRTRAIN_SCREENSHOT, else the test's tmp 
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1300"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=DriverService(DRIVER))
-    yield driver
-    driver.quit()
 
 
 def test_dashboard_starts_a_job_and_shows_progress_chart_and_version(make_service, browser, tmp_path):

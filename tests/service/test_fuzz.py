@@ -1,5 +1,5 @@
 """Generated hostile request bodies against a real service: every one is refused with a 4xx and starts
-nothing; valid bodies built the same way still run.
+nothing; valid bodies built the same way still run (the /v1 route's, with no deployment here, are 404).
 
     .venv/bin/pytest tests/service/test_fuzz.py                 # 300 bodies
     .venv/bin/pytest -m slow tests/service/test_fuzz.py         # 2,000 more
@@ -22,7 +22,7 @@ HOSTILE_VALUES = ["${oc.env:HOME}", "${x}", "${oc.select:training}", "../../etc/
                   "sub/../../etc/passwd", 10**30, -10**30, 1e300, "ünïcødé\u202e", "a\nb", "'quoted'", "\"q\"",
                   {"_target_": "os.system", "_args_": ["id"]}, ["${x}"], [10**30], {"nested": {"deeper": {}}},
                   "x=y", "[a,b]", "\\x00", "%2e%2e/etc", "~/.ssh/id_rsa", "\u0000"]
-ENDPOINTS = ["/api/jobs", "/api/evaluations", "/api/comparisons"]
+ENDPOINTS = ["/api/jobs", "/api/evaluations", "/api/comparisons", "/v1/chat/completions", "/v1/completions"]
 
 
 def valid_body(rng: random.Random, endpoint: str) -> dict:
@@ -32,6 +32,13 @@ def valid_body(rng: random.Random, endpoint: str) -> dict:
         if rng.random() < 0.5:
             body["generation"] = {"max_new_tokens": rng.randint(1, 16), "batch_size": rng.randint(1, 8)}
         return body
+    if endpoint.startswith("/v1/"):  # no endpoint is deployed here: a valid body is 404, a hostile one 422
+        body = {"model": f"endpoint-{rng.randint(0, 9)}", "max_tokens": rng.randint(1, 64),
+                "temperature": rng.choice([0, 0.7, 1.0]), "stream": rng.random() < 0.5}
+        if endpoint.endswith("/completions") and "chat" not in endpoint:
+            return {**body, "prompt": "The capital of Veloria is"}
+        return {**body, "messages": [{"role": "system", "content": "Answer briefly."},
+                                     {"role": "user", "content": "Where is Quillhaven?"}]}
     if endpoint == "/api/comparisons":
         body = {"systems": rng.sample(["base", "rag", "adapter", "adapter_rag"], rng.randint(1, 4))}
         if rng.random() < 0.5:
@@ -92,7 +99,8 @@ def test_hostile_bodies_are_refused_and_valid_ones_run(fuzz_service):
     service = fuzz_service
     assert send_hostile(service, 300, seed=0) == []
     assert [j["id"] for j in service.client.get("/api/jobs").json()] == [1]  # nothing queued by any of them
-    assert sorted(p.name for p in service.root.iterdir() if p.name != ".checkpoints") == [".service", "fuzz"]
+    assert sorted(p.name for p in service.root.iterdir() if p.name != ".checkpoints") == [".deployments", ".service", "fuzz"]
+    assert not list((service.root / ".deployments").glob("*/"))  # no deployment folder either
     assert sorted(p.name for p in (service.root / ".service" / "jobs").iterdir()) == ["1"]  # no job folder either
 
     response = service.client.post("/api/jobs", json=valid_body(random.Random(1), "/api/jobs"))

@@ -230,6 +230,31 @@ function drawReport(report, where) {
   });
 }
 
+// Endpoints and their deployments: the live version, a canary beside it (its share of requests), the standby a
+// rollback returns to; health from the service's checks, usage from the /v1 route.
+async function refreshEndpoints() {
+  const {endpoints} = await api("/api/deployments");
+  const body = $("#endpoints tbody");
+  body.replaceChildren();
+  const ms = (s) => (s == null ? "" : `${(s * 1000).toFixed(0)} ms`);
+  for (const e of endpoints) {
+    for (const role of ["live", "canary", "standby"]) {
+      const d = e[role];
+      if (!d) continue;
+      const row = body.insertRow();
+      row.dataset.endpoint = e.endpoint;
+      row.dataset.role = role;
+      cell(row, e.endpoint); cell(row, role); cell(row, d.version); cell(row, d.engine);
+      cell(row, role === "canary" ? `${d.share}%` : role === "live" ? `${e.canary ? 100 - e.canary.share : 100}%` : "0%");
+      const healthy = d.alive && !d.health_failures;
+      cell(row, healthy ? "healthy" : d.alive ? `${d.health_failures} failed check(s)` : "down", healthy ? "ok" : "bad");
+      cell(row, d.usage.requests); cell(row, d.usage.errors, d.usage.errors ? "bad" : "");
+      cell(row, ms(d.usage.latency_p50_s)); cell(row, ms(d.usage.latency_p99_s)); cell(row, d.usage.completion_tokens);
+    }
+  }
+  if (!endpoints.length) addRow(body, "no deployments yet", "", "", "", "", "", "", "", "", "", "");
+}
+
 async function refreshHealth() {
   const h = await api("/api/health");
   $("#health").textContent = `${h.device} · ${h.running} running, ${h.queued} queued · ${h.disk_free_gib} GiB free · v${h.version}`;
@@ -237,7 +262,8 @@ async function refreshHealth() {
 
 $("#job-form").addEventListener("submit", startJob);
 $("#diff-form").addEventListener("submit", showDiff);
-loadOptions().then(refreshJobs).then(refreshRegistry).then(refreshHealth);
+loadOptions().then(refreshJobs).then(refreshRegistry).then(refreshHealth).then(refreshEndpoints);
+setInterval(refreshEndpoints, 3000);
 setInterval(refreshJobs, 1000);
 setInterval(refreshHealth, 2000);
 setInterval(refreshRegistry, 10000);
