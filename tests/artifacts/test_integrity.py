@@ -15,7 +15,7 @@ import pytest
 from qrtrain.artifacts.manifest import write_manifest
 from tests.conftest import invoke
 
-FORMATS = ["bundle", "hf", "merged", "ollama"]
+FORMATS = ["bundle", "hf", "merged", "ollama", "gguf"]
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,8 @@ from tests.conftest import invoke
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory, model_cache):
-    root = tmp_path_factory.mktemp("pkg-artifacts")
-    assert invoke("train", "model=tiny", "training.max_steps=3", "training.learning_rate=1e-2",
-                  f"artifact.root={root}", "artifact.name=p").exit_code == 0
-    return root / "p" / "v1"
+def artifact(tiny_version):
+    return tiny_version  # shared with test_gguf_export.py (conftest.py)
 
 
 @pytest.fixture(scope="module")
