@@ -53,9 +53,25 @@ def test_demo_end_to_end_shape(tmp_path, user_cache):
 
     run("train", f"artifact.root={tmp_path}")
     version = tmp_path / "smollm2-135m-instruct-dialogue" / "v1"
-    run("evaluate", str(version), f"output_dir={tmp_path / 'eval'}")
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())["metrics"]
+    run("evaluate", str(version))
+    report = json.loads(next((version.parent / "evaluations").glob("v1-demo-*/report.json")).read_text())["metrics"]
     assert report["keyword_accuracy"]["mean"] >= 0.4 and report["perplexity"]["mean"] < 5
+
+    # deployed through transformers serve: the equivalence gate replays evaluate's 24 questions through the engine
+    deployed = run("deploy", "smollm2-135m-instruct-dialogue/v1", "--name", "demo", "--root", str(tmp_path), "--json")
+    try:
+        gate = json.loads(deployed.stdout)["checks"]["equivalence"]
+        print(f"\nequivalence gate: {gate['answer_agreement']:.3f} of {gate['n']} answers identical; "
+              + ", ".join(f"{k} {m['endpoint']:.3f} vs {m['recorded']:.3f}" for k, m in gate["metrics"].items()))
+        assert gate["passed"] and gate["n"] == 24
+    finally:
+        run("deploy", "--name", "demo", "--stop", "--root", str(tmp_path))
+    # the full-model q8_0 GGUF of the same version, its held-out perplexity checked against the adapter's
+    packaged = Path(run("package", str(version), "--format", "gguf", "--quant", "q8_0").stdout.strip().splitlines()[-1])
+    check = json.loads((packaged / "metadata.json").read_text())["package"]["perplexity_check"]
+    print(f"q8_0 GGUF perplexity {check['gguf_perplexity']:.4f} vs adapter {check['adapter_perplexity']:.4f} "
+          f"({check['relative_increase']:+.2%}, tolerance {check['tolerance']:.0%})")
+    assert check["relative_increase"] <= check["tolerance"]
     run("compare", f"artifact.root={tmp_path}", f"output_dir={tmp_path / 'cmp'}")
     systems = {s["system"]: s["metrics"] for s in json.loads((tmp_path / "cmp" / "comparison.json").read_text())["systems"]}
     base, rag = systems["base"]["keyword_accuracy"], systems["rag"]["keyword_accuracy"]
