@@ -123,7 +123,7 @@ def start_and_check(request: DeployRequest, version: Path, db: Path, current: di
         checks["ready_s"] = engines.wait_ready(process, url, request.engine, folder / "engine.log",
                                                request.ready_timeout_s)
         if request.engine == "ollama":
-            engines.create_ollama_model(url, model_id, build.parent, folder)
+            engines.create_ollama_model(url, model_id, folder)
         chat = report.get("prompt_format", "chat") == "chat"
         checks["smoke"] = smoke(url, model_id, chat)
         say(f"ready in {checks['ready_s']} s; smoke completion: {checks['smoke']['answer']!r}; equivalence gate on "
@@ -166,8 +166,8 @@ def build_for_engine(engine: str, version: Path, base: Path, folder: Path) -> Pa
         return package(version, "merged", folder / "build")
     built = package(version, "gguf", folder / "build")
     gguf = next(built.glob("*.gguf"))
-    if engine == "ollama":
-        (built / "Modelfile").write_text(f"FROM ./{gguf.name}\nPARAMETER temperature 0\n", encoding="utf-8")
+    if engine == "ollama":  # beside the package, not in it (the package's manifest stays exact)
+        (folder / "Modelfile").write_text(f"FROM {gguf}\nPARAMETER temperature 0\n", encoding="utf-8")
     return gguf
 
 

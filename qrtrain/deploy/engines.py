@@ -116,11 +116,12 @@ def wait_ready(process: subprocess.Popen, url: str, engine: str, log: Path, time
                        f"for a large model); the end of {log}:\n{log_tail(log)}", exit_code=1)
 
 
-def create_ollama_model(url: str, model_id: str, build_folder: Path, folder: Path) -> None:
-    """`ollama create ENDPOINT -f Modelfile` against the deployment's own Ollama server."""
+def create_ollama_model(url: str, model_id: str, folder: Path) -> None:
+    """`ollama create ENDPOINT -f Modelfile` (the deployment folder's, FROM the GGUF) against the deployment's own
+    Ollama server."""
     env = dict(os.environ, OLLAMA_HOST=url.removeprefix("http://"))
-    done = subprocess.run([program("ollama"), "create", model_id, "-f", str(build_folder / "Modelfile")], env=env,
-                          cwd=build_folder, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([program("ollama"), "create", model_id, "-f", str(folder / "Modelfile")], env=env,
+                          cwd=folder, capture_output=True, text=True, timeout=600)
     (folder / "ollama-create.log").write_text(done.stdout + done.stderr, encoding="utf-8")
     if done.returncode != 0:
         raise QrtrainError(f"ollama create {model_id} failed: {(done.stderr or done.stdout).strip()[-500:]}",
