@@ -44,6 +44,9 @@ def compare(overrides: list[str]) -> Path:
     from qrtrain.evaluation.evaluate import preference_section, suite_items, suite_name, trained_as, with_context
 
     cfg = compose(overrides, config_name="compare")
+    from qrtrain.evaluation.benchmarks import run_benchmarks, task_manager
+
+    tasks = task_manager(cfg)
     systems = list(cfg.systems)
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown or not systems:
@@ -89,13 +92,18 @@ def compare(overrides: list[str]) -> Path:
                                               cfg.generation.seed)
         aggregate, rows = score(shown, answers, passages)
         pairs = None
+        benchmarks = None
         if not use_retrieval:  # reward accuracy on held-out pairs, as `qrtrain evaluate` measures it
             adapter = Path(extra["adapter"]) if extra.get("adapter") else None
             pairs = preference_section(cfg, trained, adapter, model, tokenizer, aggregate)
+            benchmarks = run_benchmarks(cfg, tasks, base_folder, adapter, device, dtype)  # lm-eval, beside the suite
+            if benchmarks is not None:
+                aggregate.update(benchmarks["metrics"])
         say(f"{name}: keyword accuracy {aggregate.get('keyword_accuracy', {}).get('mean')} "
             f"(prompts as trained: {trained['prompt_format']})")
         return {"system": name, **extra, "prompt_format": trained["prompt_format"], "max_new_tokens": limit,
-                "metrics": aggregate, "items": rows, **({"pairs": pairs} if pairs else {})}
+                "metrics": aggregate, "items": rows, **({"pairs": pairs} if pairs else {}),
+                **({"benchmarks": {k: v for k, v in benchmarks.items() if k != "metrics"}} if benchmarks else {})}
 
     results = []
     base_tokenizer = models.load_chat_tokenizer(base_folder)

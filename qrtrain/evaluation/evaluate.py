@@ -2,6 +2,7 @@
 
     qrtrain evaluate outputs/smollm2-135m-instruct-dialogue/v1
     qrtrain evaluate outputs/NAME/v1 evaluation.questions=my_questions.jsonl generation.batch_size=16
+    qrtrain evaluate outputs/NAME/v1 benchmarks.tasks=[mmlu,gsm8k]   # lm-eval beside the suite
 
 Items (JSONL/JSON/Parquet) hold `messages` (a trailing assistant turn is the reference) or
 `question`; optional `answer`, `keywords`, `expect_json`, `should_refuse`, `context`
@@ -200,6 +201,9 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
     from qrtrain.config import compose
 
     cfg = compose(overrides, config_name="evaluate")
+    from qrtrain.evaluation.benchmarks import run_benchmarks, task_manager
+
+    tasks = task_manager(cfg)
     artifact, recorded_base = resolve_target(target)
     trained = trained_as(artifact)
     items = suite_items(cfg, trained["model_type"], trained["prompt_format"])
@@ -239,6 +243,10 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
     aggregate["perplexity"] = {"mean": loss["perplexity"], "ci95": None, "n": loss["tokens"]}
     pairs = preference_section(cfg, trained, artifact, model, tokenizer, aggregate)
     aggregate["peak_memory_mb"] = {"mean": generation.peak_memory_mb(device), "ci95": None, "n": 1}
+    del model  # lm-eval loads its own copy (the base with the adapter applied)
+    benchmarks = run_benchmarks(cfg, tasks, base, artifact, device, dtype)
+    if benchmarks is not None:
+        aggregate.update(benchmarks["metrics"])
 
     result = {"target": str(artifact or base), "base_model": str(base), "suite": suite,
               "questions": str(suite_path(cfg, trained["model_type"]).resolve()),
@@ -247,6 +255,8 @@ def evaluate(target: Path, overrides: list[str]) -> Path:
               "seconds": round(time.time() - started, 2), "metrics": aggregate, "items": rows}
     if pairs is not None:
         result["pairs"] = pairs
+    if benchmarks is not None:
+        result["benchmarks"] = {k: v for k, v in benchmarks.items() if k != "metrics"}
     folder = output_folder(cfg, artifact, base, suite)
     write_json(folder / "report.json", result)
     (folder / "report.md").write_text(report.evaluation_markdown(result), encoding="utf-8")
