@@ -265,6 +265,17 @@ def list_artifacts(
         fail(error)
 
 
+@app.command("models")
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """The model catalog (model=NAME): Hub id, architecture, size, max_length, chat template, cached here or not."""
+    from qrtrain.models.catalog import catalog, print_catalog
+
+    try:
+        print_catalog(catalog(), as_json)
+    except QrtrainError as error:
+        fail(error)
+
+
 @app.command()
 def deploy(
     target: str = typer.Argument(None, help="The version to deploy: NAME/vN (or NAME, its latest) under --root, or a version folder."),

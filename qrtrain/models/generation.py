@@ -42,6 +42,7 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
     import torch
 
     tokenizer = getattr(processing, "tokenizer", processing)
+    stops = stop_token_ids(model, tokenizer)
     torch.manual_seed(seed)
     results = []
     for start in range(0, len(prompts), batch_size):
@@ -53,13 +54,13 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
         with torch.no_grad():
             decoding = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, **decoding,
-                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stops)
         latency = time.perf_counter() - began
         for row in output[:, inputs["input_ids"].shape[1]:]:
             tokens = row.tolist()
-            stopped = tokenizer.eos_token_id in tokens
+            stopped = any(t in stops for t in tokens)
             if stopped:
-                tokens = tokens[:tokens.index(tokenizer.eos_token_id)]
+                tokens = tokens[:next(i for i, t in enumerate(tokens) if t in stops)]
             tokens = [t for t in tokens if t != tokenizer.pad_token_id]
             results.append({"answer": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
                             "latency_s": latency, "new_tokens": len(tokens) + stopped, "batch": start // batch_size,
@@ -67,6 +68,14 @@ def generate_answers(model, processing, prompts: list[list[dict]], batch_size: i
         if on_batch is not None:
             on_batch(len(results))
     return results
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS and every eos_token_id of the model's generation config
+    (Gemma 3 ends its turns with <end_of_turn>, Phi-4-mini with <|end|>, Llama 3 with <|eot_id|>: not all are EOS)."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(t for t in [tokenizer.eos_token_id, *configured] if isinstance(t, int)))
 
 
 def answer_loss(model, processing, pairs: list[tuple], images: list | None = None, max_length: int | None = None) -> dict:

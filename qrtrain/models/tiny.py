@@ -1,6 +1,9 @@
-"""Build the tiny test model: a 2-layer Llama with a byte-level BPE tokenizer trained on the demo text.
+"""Build the tiny test models: a 2-layer Llama with a byte-level BPE tokenizer trained on the demo text, and one
+tiny stand-in per model family of the catalog (same architecture class, the family's special tokens, chat template
+and stop tokens), built from a config: nothing is downloaded.
 
     qrtrain train model=tiny training.max_steps=5
+    qrtrain train model=tiny-qwen2.5 training.max_steps=5    # conf/model/tiny-qwen2.5.yaml
 
 Everything is deterministic: the tokenizer is trained on the shipped demo files in
 a fixed order, and the weights come from a seeded initialisation.
@@ -28,21 +31,29 @@ def demo_corpus() -> list[str]:
     return texts
 
 
-def build_tiny_tokenizer(params, template: str = "tiny.jinja", extra_special: list[str] = ()):
-    """A byte-level BPE tokenizer trained on the demo text, with a BOS-writing chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+def trained_bpe(vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE (tokenizers.Tokenizer) trained on the demo text; the special tokens take the first ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=params.vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(demo_corpus(), trainer)
+    return bpe
+
+
+def build_tiny_tokenizer(params, template: str = "tiny.jinja", extra_special: list[str] = ()):
+    """A byte-level BPE tokenizer trained on the demo text, with a BOS-writing chat template."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = trained_bpe(params.vocab_size, SPECIAL_TOKENS)
     # Like Llama 3: the tokenizer adds BOS to plain text, and the chat template writes its own BOS.
     bpe.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
@@ -115,3 +126,57 @@ def build_tiny_vlm(folder: Path, params) -> None:
     torch.manual_seed(params.seed)
     LlavaForConditionalGeneration(config).save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def family_tokenizer(model_cfg, chat_template: str):
+    """The tiny BPE tokenizer with a model family's special tokens and BOS habit (model_cfg.tokens) and its chat
+    template (the text of model_cfg.chat_template): its ids differ from the real tokenizer's, its conversations
+    render the same."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = model_cfg.tokens
+    bpe = trained_bpe(model_cfg.tiny.vocab_size, list(tokens.special))
+    if tokens.add_bos:  # Llama 3, Gemma, Mistral: plain text starts with BOS; chat templates write their own
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{tokens.bos} $A", special_tokens=[(tokens.bos, bpe.token_to_id(tokens.bos))])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=tokens.bos, eos_token=tokens.eos, pad_token=tokens.pad, unk_token=tokens.unk,
+        chat_template=chat_template)
+    if tokens.get("added"):  # added but not special, as Qwen3's <think> and </think>: decoding keeps them
+        tokenizer.add_tokens(list(tokens.added))
+    return tokenizer
+
+
+def build_family_model(folder: Path, model_cfg, chat_template: str) -> None:
+    """Write a tiny random model of the family's architecture class (model_cfg.architecture: LlamaForCausalLM,
+    Qwen2ForCausalLM, Gemma3ForCausalLM, ...), its tokenizer, and a generation config that stops on the family's
+    stop tokens (model_cfg.stop_tokens, as the real generation_config.json's eos_token_id)."""
+    import torch
+    import transformers
+    from omegaconf import OmegaConf
+
+    tokenizer = family_tokenizer(model_cfg, chat_template)
+    params = model_cfg.tiny
+    architecture = getattr(transformers, model_cfg.architecture)
+    config = architecture.config_class(
+        vocab_size=len(tokenizer),
+        hidden_size=params.hidden_size,
+        intermediate_size=params.intermediate_size,
+        num_hidden_layers=params.num_hidden_layers,
+        num_attention_heads=params.num_attention_heads,
+        num_key_value_heads=params.num_key_value_heads,
+        max_position_embeddings=params.max_position_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **OmegaConf.to_container(params.config, resolve=True),  # the family's own settings: rope, tying, windows
+    )
+    stops = tokenizer.convert_tokens_to_ids(list(model_cfg.stop_tokens))
+    torch.manual_seed(params.seed)
+    model = architecture(config)
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=stops if len(stops) > 1 else stops[0],
+        pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
