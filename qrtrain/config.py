@@ -86,6 +86,7 @@ def check_config(cfg) -> None:
          "all-linear or a list of module names, e.g. [q_proj,v_proj]")
 
     problems += method_problems(cfg)
+    problems += optimizer_problems(t.optim)
 
     decay = cfg.strategy.layer_decay
     need("strategy.layer_decay", decay is None or (_is_number(decay) and 0 < decay <= 1), "null or a number in (0, 1]")
@@ -165,6 +166,50 @@ def method_problems(cfg) -> list[str]:
         need("method.label_smoothing", _is_number(m.label_smoothing) and 0 <= m.label_smoothing < 0.5,
              "a number in [0, 0.5)")
     return problems
+
+
+# transformers 5.24's OptimizerNames (tests/training/test_optimizers.py holds these lists to it). qrtrain builds the
+# optimizer through the Trainer's get_optimizer_cls_and_kwargs over its own parameter groups (strategy.py).
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
+              # bitsandbytes (a dependency): 8-bit state on CPU and CUDA; the paged ones need CUDA
+              "adamw_8bit", "adamw_bnb_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit", "rmsprop_bnb",
+              "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "paged_adamw_8bit", "paged_adamw_32bit", "paged_ademamix_8bit",
+              "paged_ademamix_32bit", "paged_lion_8bit", "paged_lion_32bit",
+              # their own packages, not installed with qrtrain
+              "adamw_torch_4bit", "adamw_torch_8bit", "schedule_free_adamw", "schedule_free_radam", "schedule_free_sgd",
+              "grokadamw", "stable_adamw")
+OPTIMIZER_PACKAGES = {  # name: (module, pip package)
+    "adamw_torch_4bit": ("torchao", "torchao"), "adamw_torch_8bit": ("torchao", "torchao"),
+    "schedule_free_adamw": ("schedulefree", "schedulefree"), "schedule_free_radam": ("schedulefree", "schedulefree"),
+    "schedule_free_sgd": ("schedulefree", "schedulefree"), "grokadamw": ("grokadamw", "grokadamw"),
+    "stable_adamw": ("optimi", "torch-optimi"),
+}
+OPTIMIZERS_NOT_TAKEN = {  # the Trainer has them; qrtrain's LoRA training cannot use them, for these reasons
+    **dict.fromkeys(("galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+                     "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "apollo_adamw",
+                     "apollo_adamw_layerwise"),
+                    "it projects the gradients of the base's linear weights, which LoRA keeps frozen"),
+    **dict.fromkeys(("lomo", "adalomo"), "it updates weights inside the backward pass and takes no parameter groups "
+                                         "(strategy=finetune's per-layer learning rates)"),
+    "adamw_torch_xla": "it needs a TPU (torch_xla)",
+    "adamw_torch_npu_fused": "it needs an Ascend NPU (torch_npu)",
+    "adamw_anyprecision": "it needs torchdistx, which is not on PyPI",
+}
+
+
+def optimizer_problems(name) -> list[str]:
+    """What is wrong with training.optim: an unknown name, one qrtrain cannot use, or a missing package."""
+    import importlib.util
+
+    if name in OPTIMIZERS_NOT_TAKEN:
+        return [f"training.optim={name!r}: not for LoRA training with qrtrain: {OPTIMIZERS_NOT_TAKEN[name]}; "
+                f"use one of {', '.join(OPTIMIZERS)}"]
+    if name not in OPTIMIZERS:
+        return [f"training.optim={name!r}: expected one of {', '.join(OPTIMIZERS)}"]
+    module, package = OPTIMIZER_PACKAGES.get(name, (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        return [f"training.optim={name}: needs the {package} package: pip install {package}"]
+    return []
 
 
 GROUPS = ("model", "model_type", "method", "strategy", "quantization")

@@ -130,7 +130,7 @@ def build_preference_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        optimizers=(build_optimizer(model, cfg), None),
+        optimizers=(build_optimizer(model, cfg, args), None),
         callbacks=callbacks_for(cfg, run_dir, checkpoint_dir, result_config, stop, extensions or {}),
     )
     trainer.remove_callback(PrinterCallback)

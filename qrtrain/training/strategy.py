@@ -1,11 +1,17 @@
-"""Optimizer parameter groups for the training strategy.
+"""Optimizer parameter groups for the training strategy, and the optimizer of training.optim over them.
 
     qrtrain train strategy=finetune strategy.layer_decay=0.8
+    qrtrain train training.optim=adamw_8bit strategy=finetune   # bitsandbytes' 8-bit AdamW, per-layer rates kept
 
 strategy=standard: one group at training.learning_rate.
 strategy=finetune: layer-wise learning-rate decay. Layer i of L gets lr * decay**(L-1-i);
 embeddings get lr * decay**L (below the first layer), the output head and anything
 outside the layers gets lr.
+
+training.optim is one of the Trainer's optimizer names (conf/train.yaml; the list qrtrain takes is
+qrtrain.config.OPTIMIZERS): the class and its settings come from the Trainer's own
+`get_optimizer_cls_and_kwargs`, the parameter groups from here, so every optimizer keeps the
+strategy's per-layer learning rates.
 """
 
 import re
@@ -38,8 +44,23 @@ def optimizer_groups(model, cfg) -> list[dict]:
     return sorted(groups.values(), key=lambda g: g["lr"])
 
 
-def build_optimizer(model, cfg):
-    import torch
+def build_optimizer(model, cfg, args):
+    """training.optim over `optimizer_groups`, built as the Trainer builds it from its TrainingArguments `args`
+    (betas, epsilon, optim_args): `Trainer.get_optimizer_cls_and_kwargs(args, model)`."""
+    from transformers import Trainer
 
+    optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     groups = [{k: v for k, v in g.items() if k != "names"} for g in optimizer_groups(model, cfg)]
-    return torch.optim.AdamW(groups, lr=cfg.training.learning_rate, weight_decay=cfg.training.weight_decay)
+    return optimizer_cls(groups, **kwargs)
+
+
+def check_optimizer_device(name: str, device: str) -> None:
+    """Paged optimizers page their state between GPU and CPU memory: on CPU, bitsandbytes runs the unpaged
+    optimizer instead (with a warning), so qrtrain refuses them there rather than train with something else."""
+    from qrtrain.errors import QrtrainError
+
+    if name.startswith("paged_") and device != "cuda":
+        unpaged = {"paged_adamw_32bit": "adamw_torch", "paged_ademamix_32bit": "ademamix"}.get(
+            name, name.removeprefix("paged_"))
+        raise QrtrainError(f"training.optim={name}: paged optimizers need CUDA (they page GPU memory; on {device} "
+                           f"bitsandbytes would run the unpaged one instead); use training.optim={unpaged} here")

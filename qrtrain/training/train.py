@@ -116,13 +116,16 @@ def train(cfg, run_dir: Path) -> TrainResult:
 def start_run(cfg, run_dir: Path) -> None:
     """Events go to the run folder; the config is checked and the artifact root writable before anything loads."""
     from qrtrain.config import check_config
+    from qrtrain.models.loading import resolve_device
     from qrtrain.training.memory import prefer_huge_pages
+    from qrtrain.training.strategy import check_optimizer_device
 
     if cfg.method.name == "sft":  # before the first tensor; preference tuning: 25% slower steps with it (memory.py)
         prefer_huge_pages()
     write_events_to(run_dir / "events.jsonl")
     emit("validating_data")
     check_config(cfg)
+    check_optimizer_device(cfg.training.optim, resolve_device(cfg.training.device))
     check_writable(Path(cfg.artifact.root))
     signing = sign_with(cfg)
     if signing is not None:  # the key loads, before training rather than after

@@ -141,6 +141,7 @@ def common_args(cfg, train_set, eval_set, run_dir: Path, device: str, dtype, che
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
+        optim=t.optim,  # the optimizer itself is strategy.build_optimizer's, from these arguments
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         gradient_checkpointing=False,  # qrtrain.training.memory decides and applies it, layer by layer
@@ -192,7 +193,7 @@ def build_trainer(cfg, model, tokenizer, train_set, eval_set, run_dir: Path, dev
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
-        optimizers=(build_optimizer(model, cfg), None),
+        optimizers=(build_optimizer(model, cfg, args), None),
         callbacks=callbacks_for(cfg, run_dir, checkpoint_dir, result_config, stop, extensions or {}),
     )
     trainer.remove_callback(PrinterCallback)
