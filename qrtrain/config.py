@@ -87,6 +87,7 @@ def check_config(cfg) -> None:
 
     problems += method_problems(cfg)
     problems += optimizer_problems(t.optim)
+    problems += tracking_problems(cfg)
 
     decay = cfg.strategy.layer_decay
     need("strategy.layer_decay", decay is None or (_is_number(decay) and 0 < decay <= 1), "null or a number in (0, 1]")
@@ -212,7 +213,35 @@ def optimizer_problems(name) -> list[str]:
     return []
 
 
+# tracking=[...] (conf/tracking/): the Python module each tracker needs, and the pip package that brings it
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
+            "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}
+
+
+def tracker_installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def tracking_problems(cfg) -> list[str]:
+    """Trackers whose package is missing, and W&B modes that are not offline or online."""
+    problems = []
+    for name, node in (cfg.get("tracking") or {}).items():
+        if name not in TRACKERS:
+            problems.append(f"tracking.{name}: not a tracker qrtrain knows; expected some of {', '.join(TRACKERS)}")
+            continue
+        module, package = TRACKERS[name]
+        if not tracker_installed(module):
+            problems.append(f"tracking={name}: the {package} package is not installed: pip install {package} (or "
+                            f"pip install 'qrtrain[track]'), or leave {name} out of tracking=[...]")
+        if name == "wandb" and node.mode not in ("offline", "online"):
+            problems.append(f"tracking.wandb.mode={node.mode!r}: expected offline or online")
+    return problems
+
+
 GROUPS = ("model", "model_type", "method", "strategy", "quantization")
+MULTI_GROUPS = ("tracking",)  # several options at once, each under its own key: tracking.mlflow.experiment
 OPEN_SECTIONS = ("extensions", "hydra")  # extensions take user config folders; hydra is Hydra's
 
 
@@ -232,11 +261,12 @@ def known_keys() -> frozenset[str]:
 
     reference = OmegaConf.to_container(OmegaConf.load(conf_dir() / "train.yaml"), resolve=False)
     reference.pop("defaults", None)
-    keys = flatten(reference, "") | set(GROUPS) | set(OPEN_SECTIONS)
-    for group in GROUPS:
+    keys = flatten(reference, "") | set(GROUPS) | set(MULTI_GROUPS) | set(OPEN_SECTIONS)
+    for group in GROUPS + MULTI_GROUPS:
         for option in group_options(group):
             node = OmegaConf.to_container(OmegaConf.load(conf_dir() / group / f"{option}.yaml"), resolve=False)
-            keys |= flatten(node, f"{group}.")
+            prefix = f"{group}.{option}." if group in MULTI_GROUPS else f"{group}."
+            keys |= flatten(node, prefix) | ({prefix[:-1]} if group in MULTI_GROUPS else set())
     return frozenset(keys)
 
 

@@ -32,6 +32,13 @@ def test_every_extension_composes(extension):
     assert "_target_" in cfg.extensions[extension]
 
 
+@pytest.mark.parametrize("tracker", sorted(p.stem for p in (conf_dir() / "tracking").glob("*.yaml")))
+def test_every_tracker_composes_and_checks(tracker):
+    cfg = compose([f"tracking=[{tracker}]"])
+    assert list(cfg.tracking) == [tracker]
+    check_config(cfg)  # every tracker's package is installed with qrtrain[track]
+
+
 def test_keys_that_users_rely_on():
     cfg = compose(["training.max_steps=3", "artifact.root=/tmp/x", "artifact.name=abc"])
     assert (cfg.training.max_steps, cfg.artifact.root, cfg.artifact.name) == (3, "/tmp/x", "abc")

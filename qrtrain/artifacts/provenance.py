@@ -16,7 +16,7 @@ from qrtrain.files import sha256_file
 
 
 def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path, device: str, base_digest: str,
-                     extensions: dict, parent=None) -> dict:
+                     extensions: dict, parent=None, tracking: dict | None = None) -> dict:
     """metadata.json's contents (the version number is added when the version is published)."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
     return {
@@ -47,6 +47,7 @@ def version_metadata(cfg, tokenizer, data_sources: list[dict], base_folder: Path
         "libraries": library_versions(),
         "base_weights_check": {"frozen_parameters_sha256": base_digest, "unchanged": True},
         "extensions": extensions,
+        "tracking": tracking or {},  # each tracker's run of this version (qrtrain/training/tracking.py)
         "prompt": prompt_format(data_sources, tokenizer),
     }
 

@@ -4,8 +4,8 @@
     qrtrain train model=tiny method=dpo init_adapter=tiny-dialogue/v1 training.max_steps=5
 
     start_run -> load_base (Base) -> prepare_data (PreparedData) -> plan_run (RunPlan)
-    -> load_for_training (LoadedModel) -> build_run (the trainer) -> fit -> check the base -> publish_run
-    -> TrainResult
+    -> load_for_training (LoadedModel) -> tracked (TrackerRuns) -> build_run (the trainer) -> fit
+    -> check the base -> publish_run -> TrainResult
 
 Fine-tuning is TRL's SFTTrainer with PEFT LoRA (QLoRA through bitsandbytes); a preference method (DPO, KTO,
 ORPO, SimPO: conf/method/) is the sibling story, sharing every phase but the data's preparation and the
@@ -24,6 +24,7 @@ from qrtrain.artifacts.versions import check_writable
 from qrtrain.errors import QrtrainError
 from qrtrain.events import emit, write_events_to
 from qrtrain.terminal import quiet_libraries, say
+from qrtrain.training.tracking import TrackerRuns, tracked
 
 
 @dataclass
@@ -92,23 +93,25 @@ def train(cfg, run_dir: Path) -> TrainResult:
     data = prepare_data(cfg, base) if cfg.method.name == "sft" else prepare_preference_data(cfg, base)
     plan = plan_run(cfg, base, data)
     loaded = load_for_training(cfg, base, plan)
-    trainer, stop = build_run(cfg, base, data, plan, loaded, run_dir)
-    stop.install()  # until the version is published: see checkpoints.StopOnSignal
-    try:
-        result = fit(cfg, trainer, stop, plan, data)
-        if result.exit_code:
-            return result
-        check_base_untouched(loaded)
-        if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
-            return result
-        if stop.exit_code is not None:
-            return interrupted(stop, "after training, before publishing; nothing was published")
-        stop.publishing = True
-        result.version = publish_run(cfg, trainer, base, data, plan, loaded, result.metrics)
-    finally:
-        if not stop.publishing:
-            stop.uninstall()
-        # once publishing began, signals stay deferred until the process exits: a published run exits 0
+    with tracked(cfg, run_dir) as trackers:  # MLflow, W&B, Trackio runs: ended tagged with trackers.version
+        trainer, stop = build_run(cfg, base, data, plan, loaded, run_dir)
+        stop.install()  # until the version is published: see checkpoints.StopOnSignal
+        try:
+            result = fit(cfg, trainer, stop, plan, data)
+            if result.exit_code:
+                return result
+            check_base_untouched(loaded)
+            if not trainer.is_world_process_zero():  # multi-process training: the main process publishes, once
+                return result
+            if stop.exit_code is not None:
+                return interrupted(stop, "after training, before publishing; nothing was published")
+            stop.publishing = True
+            result.version = trackers.version = publish_run(cfg, trainer, base, data, plan, loaded, result.metrics,
+                                                            trackers)
+        finally:
+            if not stop.publishing:
+                stop.uninstall()
+            # once publishing began, signals stay deferred until the process exits: a published run exits 0
     finish(plan, stop, result)
     return result
 
@@ -335,14 +338,17 @@ def check_base_untouched(loaded: LoadedModel) -> None:
 
 
 def publish_run(cfg, trainer, base: Base, data: PreparedData, plan: RunPlan, loaded: LoadedModel,
-                metrics: dict) -> Path:
-    """Publish the version, then remove this training's checkpoints and those of abandoned runs of the artifact."""
+                metrics: dict, trackers: TrackerRuns) -> Path:
+    """Publish the version (its metadata naming the trackers' runs), then remove this training's checkpoints and
+    those of abandoned runs of the artifact."""
     from qrtrain.training import checkpoints
+    from qrtrain.training.tracking import tracker_records
 
     emit("publishing")
     try:
         version = publish(cfg, trainer, base.tokenizer, metrics, data.sources, base.folder, plan.device,
-                          loaded.base_digest, data.held_out, base.parent)
+                          loaded.base_digest, data.held_out, base.parent,
+                          tracker_records(trackers, cfg))
     except OSError as error:
         raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
                            "nothing was published and earlier versions are untouched; free space or choose "
@@ -371,7 +377,7 @@ def finish(plan: RunPlan, stop, result: TrainResult) -> None:
 
 
 def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], base_folder: Path, device: str,
-            base_digest: str, eval_set=None, parent=None) -> Path:
+            base_digest: str, eval_set=None, parent=None, tracking: dict | None = None) -> Path:
     """Save the adapter, tokenizer, config, metrics, metadata and model card as the next version."""
     from omegaconf import OmegaConf
 
@@ -393,7 +399,7 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
             split.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in eval_set), encoding="utf-8")
             data_sources = [dict(s, sha256=sha256_file(split)) if s["role"] == "eval-split" else s for s in data_sources]
         metadata = version_metadata(cfg, tokenizer, data_sources, base_folder, device, base_digest,
-                                    describe_extensions(cfg), parent)
+                                    describe_extensions(cfg), parent, tracking)
         (staging / "README.md").write_text(model_card(cfg, metadata, metrics), encoding="utf-8")
         return publish_version(staging, metadata, OmegaConf.to_container(cfg, resolve=True), sign_with(cfg))
 

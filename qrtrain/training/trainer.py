@@ -110,13 +110,15 @@ class SFTTrainerWithoutStepSyncs(PlannedCheckpointing, SFTTrainer):
 
 def callbacks_for(cfg, run_dir: Path, checkpoint_dir: Path | None, result_config: dict | None, stop,
                   extensions: dict) -> list:
-    """Progress, extensions, metrics.jsonl, TensorBoard, atomic checkpoints and the signal handler: every method's."""
+    """Progress, extensions, metrics.jsonl, TensorBoard (tracking=[tensorboard]), atomic checkpoints and the signal
+    handler: every method's. The other trackers are the Trainer's own (report_to: qrtrain/training/tracking.py)."""
     from qrtrain.training.checkpoints import AtomicCheckpoints
     from qrtrain.training.progress import MetricsFile, ProgressEvents, RichProgress, tensorboard_callback
 
-    # extensions first: what they add to the logs reaches metrics.jsonl and TensorBoard
-    callbacks = [RichProgress(), ProgressEvents(), *extensions.values(), MetricsFile(run_dir / "metrics.jsonl"),
-                 tensorboard_callback(run_dir / "tensorboard")]
+    # extensions first: what they add to the logs reaches metrics.jsonl and the trackers
+    callbacks = [RichProgress(), ProgressEvents(), *extensions.values(), MetricsFile(run_dir / "metrics.jsonl")]
+    if "tensorboard" in (cfg.get("tracking") or {}):
+        callbacks.append(tensorboard_callback(run_dir / cfg.tracking.tensorboard.folder))
     if checkpoint_dir is not None and cfg.checkpoint.every_steps > 0:
         callbacks.append(AtomicCheckpoints(checkpoint_dir, result_config, cfg.checkpoint.keep_last,
                                            cfg.checkpoint.best_metric, cfg.checkpoint.greater_is_better, extensions))
@@ -126,9 +128,10 @@ def callbacks_for(cfg, run_dir: Path, checkpoint_dir: Path | None, result_config
 
 
 def common_args(cfg, train_set, eval_set, run_dir: Path, device: str, dtype, checkpoint_dir: Path | None) -> dict:
-    """The TrainingArguments every method's TRL config takes from `training` and `checkpoint` alike."""
+    """The TrainingArguments every method's TRL config takes from `training`, `checkpoint` and `tracking` alike."""
     from qrtrain.training.checkpoints import PARTIAL
     from qrtrain.training.datasets import data_processes
+    from qrtrain.training.tracking import report_to, run_name
 
     t = cfg.training
     evaluate_every = eval_set is not None and t.eval_steps > 0
@@ -155,9 +158,11 @@ def common_args(cfg, train_set, eval_set, run_dir: Path, device: str, dtype, che
         eval_steps=t.eval_steps if evaluate_every else None,
         save_strategy="steps" if saving else "no",
         save_steps=cfg.checkpoint.every_steps if saving else None,
-        report_to="none",
+        report_to=report_to(cfg) or "none",
+        run_name=run_name(cfg, run_dir),
         disable_tqdm=True,
         dataset_num_proc=data_processes(len(train_set)),
+        **({"project": cfg.tracking.trackio.project} if "trackio" in (cfg.get("tracking") or {}) else {}),
     )
 
 
