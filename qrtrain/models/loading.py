@@ -83,7 +83,7 @@ def hub_model_folder(model_cfg) -> Path:
 
 
 def cached_snapshot(hub_id: str) -> Path | None:
-    """The folder of a Hugging Face model's snapshot in the local cache (its main revision), or None: never a download."""
+    """The folder of a Hugging Face model's snapshot in the local cache (its main revision), or None."""
     from huggingface_hub import snapshot_download
 
     try:
