@@ -87,6 +87,7 @@ def check_config(cfg) -> None:
 
     problems += method_problems(cfg)
     problems += optimizer_problems(t.optim)
+    problems += lora_problems(cfg)
     problems += tracking_problems(cfg)
 
     decay = cfg.strategy.layer_decay
@@ -171,6 +172,33 @@ def method_problems(cfg) -> list[str]:
 
 # transformers 5.24's OptimizerNames (tests/training/test_optimizers.py holds these lists to it). qrtrain builds the
 # optimizer through the Trainer's get_optimizer_cls_and_kwargs over its own parameter groups (strategy.py).
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "eva", "loftq")  # lora.init: PEFT's initialisations
+
+
+def lora_problems(cfg) -> list[str]:
+    """LoRA settings that cannot work together (qrtrain/training/lora.py applies them)."""
+    init = cfg.lora.get("init") or "default"
+    quantization = cfg.quantization.name
+    problems = []
+    for key in ("use_dora", "use_rslora"):
+        if not isinstance(cfg.lora.get(key, False), bool):
+            problems.append(f"lora.{key}={cfg.lora.get(key)!r}: expected true or false")
+    if init not in LORA_INITS:
+        problems.append(f"lora.init={init}: expected one of {', '.join(LORA_INITS)}")
+    elif init == "loftq" and quantization != "nf4":
+        problems.append("lora.init=loftq: LoftQ starts A and B from a quantized base's error; use it with "
+                        "quantization=nf4 (or choose lora.init=default)")
+    elif init in ("pissa", "olora", "eva") and quantization != "none":
+        problems.append(f"lora.init={init} needs full-precision base weights (quantization=none); with "
+                        f"quantization={quantization} use loftq or default")
+    if init in ("eva", "loftq") and cfg.model_type.name == "multimodal":
+        problems.append(f"lora.init={init}: not for multimodal models; use default, gaussian, pissa or olora")
+    if init != "default" and cfg.get("init_adapter"):
+        problems.append(f"lora.init={init} with init_adapter: a continued adapter keeps its parent's weights; "
+                        "leave lora.init out")
+    return problems
+
+
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",
               # bitsandbytes (a dependency): 8-bit state on CPU and CUDA; the paged ones need CUDA
               "adamw_8bit", "adamw_bnb_8bit", "ademamix", "ademamix_8bit", "lion_8bit", "lion_32bit", "rmsprop_bnb",

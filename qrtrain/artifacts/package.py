@@ -383,10 +383,20 @@ def build_ollama(version: Path, base_folder: Path, metadata: dict, staging: Path
     _check_base(base_folder)
     base_config = json.loads((base_folder / "config.json").read_text())
     adapter_config = json.loads((version / "adapter_config.json").read_text())
+    if adapter_config.get("use_dora"):
+        raise QrtrainError("--format ollama: llama.cpp's LoRA adapters cannot carry DoRA's magnitude vectors, so this "
+                           "DoRA adapter would run as a different model; use --format gguf (the merged model in one "
+                           "GGUF file, for Ollama's FROM) or --format merged")
+    if adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern"):
+        raise QrtrainError("--format ollama: this adapter has per-layer ranks (rank_pattern, e.g. from lora.init=eva), "
+                           "and llama.cpp's adapter has one alpha for all; use --format gguf or --format merged")
+    alpha = float(adapter_config["lora_alpha"])
+    if adapter_config.get("use_rslora"):  # llama.cpp scales by alpha / r; rsLoRA by alpha / sqrt(r)
+        alpha *= float(adapter_config["r"]) ** 0.5
     writer = gguf.GGUFWriter(staging / "adapter.gguf", "llama")
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(adapter_config["lora_alpha"]))
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
     writer.add_name(metadata["name"])
     for name, array in lora_tensors_for_gguf(version, base_config).items():
         writer.add_tensor(name, array)

@@ -138,7 +138,7 @@ def train_steps(cfg, work: Path, last: int) -> list[dict]:
     base = recipe.load_base(cfg)
     data = recipe.prepare_data(cfg, base) if cfg.method.name == "sft" else recipe.prepare_preference_data(cfg, base)
     plan = recipe.plan_run(cfg, base, data)
-    loaded = recipe.load_for_training(cfg, base, plan)
+    loaded = recipe.load_for_training(cfg, base, plan, data)
     trainer, _ = recipe.build_run(cfg, base, data, plan, loaded, work / "run")
     trainer.add_callback(StopAfter())
     try:

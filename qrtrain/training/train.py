@@ -70,6 +70,7 @@ class LoadedModel:
     model: object
     base_digest: str
     unplanned_layers: list
+    initial_adapter: Path | None = None  # lora.init=pissa|olora: the adapter as initialised, to convert at publishing
 
 
 @dataclass
@@ -92,7 +93,7 @@ def train(cfg, run_dir: Path) -> TrainResult:
     base = load_base(cfg)
     data = prepare_data(cfg, base) if cfg.method.name == "sft" else prepare_preference_data(cfg, base)
     plan = plan_run(cfg, base, data)
-    loaded = load_for_training(cfg, base, plan)
+    loaded = load_for_training(cfg, base, plan, data)
     with tracked(cfg, run_dir) as trackers:  # MLflow, W&B, Trackio runs: ended tagged with trackers.version
         trainer, stop = build_run(cfg, base, data, plan, loaded, run_dir)
         stop.install()  # until the version is published: see checkpoints.StopOnSignal
@@ -234,8 +235,9 @@ def plan_run(cfg, base: Base, data: PreparedData) -> RunPlan:
                    checkpoint_dir, checkpoint_lock, resume_from)
 
 
-def load_for_training(cfg, base: Base, plan: RunPlan) -> LoadedModel:
-    """The base on its device, LoRA added (its initial weights drawn from the seed), checkpointing applied."""
+def load_for_training(cfg, base: Base, plan: RunPlan, data: PreparedData) -> LoadedModel:
+    """The base on its device, LoRA added (its initial weights drawn from the seed, or from the data with
+    lora.init=eva), checkpointing applied."""
     from transformers import set_seed
 
     from qrtrain.models.loading import load_model
@@ -244,14 +246,25 @@ def load_for_training(cfg, base: Base, plan: RunPlan) -> LoadedModel:
         check_only_lora_trainable,
         continue_lora,
         frozen_digest,
+        eva_batches,
         keep_lora_inputs_in_compute_dtype,
+        lora_init,
+        save_initial_adapter,
     )
     from qrtrain.training.memory import apply_checkpointing
 
     set_seed(cfg.seed)  # LoRA's initial weights are drawn here: same seed, same adapter
     emit("loading_model", model=base.folder.name, device=plan.device)
     model = load_model(base.folder, cfg, plan.device, plan.dtype, plan.attention)
-    model = add_lora(model, cfg) if base.parent is None else continue_lora(model, base.parent)
+    initial = None
+    if base.parent is None:
+        tokenizer = getattr(base.tokenizer, "tokenizer", base.tokenizer)
+        batches = (eva_batches(data.train_set, tokenizer.pad_token_id, cfg.training.batch_size)
+                   if lora_init(cfg) == "eva" else None)
+        model = add_lora(model, cfg, base.folder, batches)
+        initial = save_initial_adapter(model, cfg, plan.checkpoint_dir / "initial-adapter")
+    else:
+        model = continue_lora(model, base.parent)
     keep_lora_inputs_in_compute_dtype(model, plan.dtype)
     unplanned = apply_checkpointing(model, plan.memory.checkpointed_layers, plan.fallback)
     trainable, total = check_only_lora_trainable(model)
@@ -259,7 +272,7 @@ def load_for_training(cfg, base: Base, plan: RunPlan) -> LoadedModel:
         f"{str(plan.dtype).removeprefix('torch.')}), quantization={cfg.quantization.name}, attention={plan.attention}"
         f"{', padding-free batches' if plan.padding_free else ''}, {trainable:,} of {total:,} parameters trainable "
         "(LoRA only)")
-    return LoadedModel(model, frozen_digest(model), unplanned)
+    return LoadedModel(model, frozen_digest(model), unplanned, initial)
 
 
 def build_run(cfg, base: Base, data: PreparedData, plan: RunPlan, loaded: LoadedModel, run_dir: Path):
@@ -348,7 +361,7 @@ def publish_run(cfg, trainer, base: Base, data: PreparedData, plan: RunPlan, loa
     try:
         version = publish(cfg, trainer, base.tokenizer, metrics, data.sources, base.folder, plan.device,
                           loaded.base_digest, data.held_out, base.parent,
-                          tracker_records(trackers, cfg))
+                          tracker_records(trackers, cfg), loaded.initial_adapter)
     except OSError as error:
         raise QrtrainError(f"could not write the artifact under {cfg.artifact.root} ({error.strerror or error}); "
                            "nothing was published and earlier versions are untouched; free space or choose "
@@ -377,7 +390,8 @@ def finish(plan: RunPlan, stop, result: TrainResult) -> None:
 
 
 def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], base_folder: Path, device: str,
-            base_digest: str, eval_set=None, parent=None, tracking: dict | None = None) -> Path:
+            base_digest: str, eval_set=None, parent=None, tracking: dict | None = None,
+            initial_adapter: Path | None = None) -> Path:
     """Save the adapter, tokenizer, config, metrics, metadata and model card as the next version."""
     from omegaconf import OmegaConf
 
@@ -389,7 +403,10 @@ def publish(cfg, trainer, tokenizer, metrics: dict, data_sources: list[dict], ba
     with staging_folder(Path(cfg.artifact.root), cfg.artifact.name) as staging:
         for peft_config in trainer.model.peft_config.values():  # a name that resolves on other machines
             peft_config.base_model_name_or_path = base_model_reference(cfg)
-        trainer.model.save_pretrained(staging, selected_adapters=["default"])  # not the frozen reference, `ref`
+        # not the frozen reference, `ref`; PiSSA/OLoRA converted by PEFT to a plain LoRA over the original base
+        trainer.model.save_pretrained(staging, selected_adapters=["default"],
+                                      path_initial_model_for_weight_conversion=str(initial_adapter)
+                                      if initial_adapter else None)
         tokenizer.save_pretrained(staging)
         (staging / "training_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
         write_json(staging / "training_metrics.json",
