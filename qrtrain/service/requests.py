@@ -15,6 +15,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from qrtrain.config import LORA_INITS, OPTIMIZERS
+
 PATH = "path"  # the schema's format for a file or folder path; checks.py confines each to the service's roots
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # Letters, digits, space and . _ - / @ + , : only: no quote, backslash, $, {, }, [, ], =, ~ or control character.
@@ -62,6 +64,9 @@ class LoraSettings(Body):
     alpha: float | None = Field(None, gt=0, le=1e4)
     dropout: float | None = Field(None, ge=0, lt=1)
     target_modules: Literal["all-linear"] | Annotated[list[ModuleName], Field(min_length=1, max_length=64)] | None = None
+    use_dora: bool | None = None
+    use_rslora: bool | None = None
+    init: Literal[LORA_INITS] | None = None
 
 
 class TrainingSettings(Body):
@@ -83,6 +88,7 @@ class TrainingSettings(Body):
     packing: bool | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
     device: Literal["auto", "cpu", "cuda"] | None = None
+    optim: Literal[OPTIMIZERS] | None = Field(None, description="The Trainer's optimizer names (training.optim)")
 
 
 class CheckpointSettings(Body):
@@ -138,6 +144,8 @@ class TrainRequest(Body):
     quantization: Name | None = None
     extensions: dict[Name, dict[Name, Scalar]] | None = Field(
         None, max_length=16, description="Extension name -> its documented parameters, e.g. {\"ema\": {\"decay\": 0.95}}")
+    tracking: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] | None = Field(
+        None, max_length=4, description="Experiment trackers (conf/tracking/), with the service's local settings")
     data: DataSettings | None = None
     lora: LoraSettings | None = None
     training: TrainingSettings | None = None
@@ -159,6 +167,18 @@ class EvaluationSettings(Body):
     corpus: RequestPath | None = None
 
 
+class BenchmarkSettings(Body):
+    """lm-evaluation-harness tasks by name from lm-eval's own registry (a folder of task files is not offered over
+    HTTP: a task file can name Python code, `!function`)."""
+
+    tasks: Annotated[list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")]],
+                     Field(min_length=1, max_length=16)]
+    num_fewshot: int | None = Field(None, ge=0, le=64)
+    limit: int | None = Field(None, ge=1, le=1_000_000)
+    batch_size: int | None = Field(None, ge=1, le=1024)
+    chat_template: bool | None = None
+
+
 class EvaluateRequest(Body):
     """`qrtrain evaluate TARGET`: an artifact (its latest version) or NAME/vN under the service's root."""
 
@@ -166,6 +186,7 @@ class EvaluateRequest(Body):
     evaluation: EvaluationSettings | None = None
     model_path: RequestPath | None = Field(None, description="The base model folder (default: the recorded one)")
     generation: GenerationSettings | None = None
+    benchmarks: BenchmarkSettings | None = None
     device: Literal["auto", "cpu", "cuda"] | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
 
@@ -186,6 +207,7 @@ class CompareRequest(Body):
     evaluation: EvaluationSettings | None = None
     retrieval: RetrievalSettings | None = None
     generation: GenerationSettings | None = None
+    benchmarks: BenchmarkSettings | None = None
     device: Literal["auto", "cpu", "cuda"] | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] | None = None
 
@@ -203,7 +225,7 @@ TRAIN_KEYS = {"model_path": "model.path", "layer_decay": "strategy.layer_decay",
 EVALUATE_KEYS = {"model_path": "model.path", "device": "device", "dtype": "dtype"}
 COMPARE_GROUPS = {"model": "model"}
 COMPARE_KEYS = {"systems": "systems", "adapters": "adapters", "device": "device", "dtype": "dtype"}
-SECTIONS = ("data", "lora", "training", "checkpoint", "artifact", "generation", "retrieval")
+SECTIONS = ("data", "lora", "training", "checkpoint", "artifact", "generation", "retrieval", "benchmarks")
 
 
 def hydra_value(value) -> str:
@@ -233,6 +255,8 @@ def overrides(request: Body, groups: dict, keys: dict) -> list[str]:
         tokens.append(f"extensions=[{','.join(given['extensions'])}]")
         for name, settings in given["extensions"].items():
             tokens += [f"extensions.{name}.{key}={hydra_value(value)}" for key, value in settings.items()]
+    if given.get("tracking") is not None:
+        tokens.append(f"tracking=[{','.join(given['tracking'])}]")
     method = given.get("method") or {}
     if method:
         tokens.append(f"method={method['name']}")

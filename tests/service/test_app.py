@@ -93,6 +93,10 @@ def test_events_file_in_the_run_folder_is_flushed_per_line(make_service):
     ({"method": {"name": "dpo", "beta": -1.0}}, "greater than 0"),
     ({"init_adapter": "../elsewhere/v1"}, "String should match pattern"),
     ({"init_adapter": "/etc/v1"}, "String should match pattern"),
+    ({"lora": {"init": "${oc.env:HOME}"}}, "Input should be"),
+    ({"training": {"optim": "galore_adamw"}}, "Input should be"),
+    ({"tracking": ["mlflow", "neptune"]}, "Input should be"),
+    ({"tracking": {"mlflow": {"tracking_uri": "http://elsewhere"}}}, "Input should be a valid list"),
 ])
 def test_bad_requests_are_refused_with_422_and_nothing_is_queued(make_service, body, message):
     service = make_service()

@@ -45,12 +45,13 @@ def statistics(state=Depends(service)):
     return {**store.statistics(state.db), "tokens_trained": tokens, "jobs_with_damaged_metrics": damaged}
 
 
-@router.get("/api/options", summary="The config groups' options, for the dashboard's form")
+@router.get("/api/options", summary="The config groups' options and the typed choices, for the dashboard's form")
 def options():
-    from qrtrain.config import group_options
+    from qrtrain.config import LORA_INITS, OPTIMIZERS, group_options
 
-    return {group: group_options(group)
-            for group in ("model", "model_type", "method", "strategy", "quantization", "extensions", "evaluation")}
+    found = {group: group_options(group) for group in
+             ("model", "model_type", "method", "strategy", "quantization", "extensions", "evaluation", "tracking")}
+    return {**found, "optim": list(OPTIMIZERS), "lora_init": list(LORA_INITS)}
 
 
 @router.get("/", include_in_schema=False)

@@ -40,6 +40,13 @@ async function loadOptions() {
     label.innerHTML = `<span><input type="checkbox" name="extension" value="${extension}"> ${extension}</span>`;
     $("#extensions").append(label);
   }
+  for (const tracker of options.tracking) {
+    const label = document.createElement("label");
+    label.innerHTML = `<span><input type="checkbox" name="tracker" value="${tracker}"${tracker === "tensorboard" ? " checked" : ""}> ${tracker}</span>`;
+    $("#tracking").append(label);
+  }
+  for (const [name, values] of [["optim", options.optim], ["lora_init", options.lora_init]])
+    for (const value of values) $(`select[name=${name}]`).add(new Option(value, value));
   $("select[name=model_type]").value = "dialogue";
   $("select[name=method]").value = "sft";
   $("select[name=strategy]").value = "standard";
@@ -77,6 +84,12 @@ async function startJob(event) {
     if (form.get("beta")) body.method.beta = Number(form.get("beta"));
   }
   if (form.get("init_adapter")) body.init_adapter = form.get("init_adapter");
+  const trackers = form.getAll("tracker");
+  if (!(trackers.length === 1 && trackers[0] === "tensorboard")) body.tracking = trackers;  // the default otherwise
+  if (form.get("optim") !== "adamw_torch") (body.training ??= {}).optim = form.get("optim");
+  if (form.get("lora_init") !== "default") (body.lora ??= {}).init = form.get("lora_init");
+  if (form.get("use_dora")) (body.lora ??= {}).use_dora = true;
+  if (form.get("use_rslora")) (body.lora ??= {}).use_rslora = true;
   $("#form-error").textContent = "";
   try {
     await api("/api/jobs", {method: "POST", headers: {"content-type": "application/json"},
