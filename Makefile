@@ -1,7 +1,7 @@
 # make demo   : set up .venv, fine-tune SmolLM2-135M-Instruct on the demo data, print the artifact path
 # make test   : set up .venv, run the fast test suite
 # make test-slow : the slow tests (default model end to end, many fuzz cases)
-# make bench  : CPU benchmarks (scripts/): qrtrain vs plain TRL (SFT and DPO), large data and memory, verify, the service under load, threads on a busy CPU, optimizers' state and step time
+# make bench  : CPU benchmarks (scripts/): qrtrain vs plain TRL (SFT and DPO), large data and memory, verify, the service under load, threads on a busy CPU, optimizers' state and step time, the /v1 route's added latency
 # make bench-gpu : qrtrain vs plain TRL on one CUDA GPU (scripts/bench_gpu.py); GPU users: make TORCH_SPEC=torch
 # make gpu-check : prove the GPU path in ~8 minutes, a JSON line per stage in $GPU_CHECK_OUT (scripts/gpu_check.py)
 # make wheelhouse : every wheel qrtrain needs beyond torch, for an offline machine (scripts/wheelhouse.py)
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) scripts/bench_threads.py
 	$(PY) scripts/bench_dpo.py
 	$(PY) scripts/bench_optim.py
+	$(PY) scripts/bench_deploy.py
 
 bench-gpu: $(STAMP)
 	$(PY) scripts/bench_gpu.py

@@ -52,8 +52,10 @@ def test_input_errors_come_before_anything_heavy_is_imported(tmp_path, args, mes
 def test_train_help_lists_groups_without_training(tmp_path):
     result = invoke("train", "--help")
     assert result.exit_code == 0
-    for text in ("model: smollm2-135m-instruct, tiny", "quantization: int8, nf4, none", "strategy: finetune, standard"):
+    for text in ("quantization: int8, nf4, none", "strategy: finetune, standard", "tracking: mlflow, tensorboard"):
         assert text in result.output
+    models = next(line for line in result.output.splitlines() if line.startswith("model: "))
+    assert {"smollm2-135m-instruct", "tiny", "qwen2.5-0.5b-instruct", "tiny-qwen3"} <= set(models[7:].split(", "))
 
 
 def test_cfg_job_prints_config_without_training(tmp_path):

@@ -73,13 +73,15 @@ def check_inputs_exist(cfg) -> None:
     """Missing data files and model folders are said within a second or two, before anything heavy is
     imported or loaded (an uncached Hub id too: the Hugging Face cache is only looked up)."""
     from qrtrain.config import train_sources
-    from qrtrain.models.loading import user_model_folder
+    from qrtrain.models.loading import hub_model_folder, user_model_folder
 
     for key, source in [("data.train", s) for s in train_sources(cfg)] + [("data.eval", cfg.data.eval)]:
         if source is not None and not Path(source).exists():
             raise QrtrainError(f"{key}={source}: no such data file or folder (from {Path.cwd()}); check the path")
     if cfg.model.get("path"):
         user_model_folder(str(cfg.model.path))
+    elif cfg.model.get("source") == "hub":  # a catalog model: in the local Hugging Face cache, or exit 2 now
+        hub_model_folder(cfg.model)
 
 
 def check_override_syntax(overrides: list[str]) -> None:
