@@ -114,7 +114,11 @@ def main() -> None:
 `python scripts/bench_deploy.py` on this machine (2 cores shared by the engine, the service and the clients): a
 tiny version deployed with `transformers serve`; chat completions of one new token sent straight to the engine
 and through `qrtrain serve`'s /v1 route (validation, the deployment lookup, forwarding, the usage row), with
-concurrent clients; direct and routed rounds alternate.
+concurrent clients; direct and routed rounds alternate. Alone, the route adds a few milliseconds per request (its
+Python work: validation, lookup, the forwarded call, the usage row on one kept SQLite connection). With many
+clients on 2 cores that work competes with the engine's generation for the same CPUs, so the engine's queue
+drains more slowly and the added time grows with the queue; on a machine with spare cores (or a GPU engine)
+the route's share stays near the single-client figure.
 
 | clients | requests each way | direct p50 | route p50 | added p50 | direct p99 | route p99 | added p99 |
 | --- | --- | --- | --- | --- | --- | --- | --- |

@@ -69,8 +69,13 @@ def database(root: Path) -> Path:
     return path
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)  # autocommit; transactions are explicit
+def connect(path: Path, shared: bool = False) -> sqlite3.Connection:
+    """A connection (autocommit; transactions are explicit). `shared`: one the service keeps for its /v1 route,
+    used from several threads under a lock, writing usage rows without an fsync each (WAL with synchronous=NORMAL
+    stays consistent; a power cut may lose the last rows of usage, never a deployment's state)."""
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=not shared)
+    if shared:
+        db.execute("pragma synchronous=normal")
     db.execute("pragma journal_mode=wal")
     db.row_factory = sqlite3.Row
     return db
@@ -106,15 +111,17 @@ def update(db_path: Path, deployment_id: int, **fields) -> None:
                    [*fields.values(), deployment_id])
 
 
-def listing(db_path: Path, endpoint: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]:
+def listing(db_path: Path, endpoint: str | None = None, statuses: tuple[str, ...] | None = None, db=None) -> list[dict]:
     query, values = "select * from deployments where 1", []
     if endpoint is not None:
         query, values = query + " and endpoint = ?", [endpoint]
     if statuses:
         query += f" and status in ({', '.join('?' for _ in statuses)})"
         values += list(statuses)
-    with connect(db_path) as db:
+    if db is not None:
         return [as_dict(row) for row in db.execute(query + " order by id", values).fetchall()]
+    with connect(db_path) as own:
+        return [as_dict(row) for row in own.execute(query + " order by id", values).fetchall()]
 
 
 def endpoint_state(db_path: Path, endpoint: str) -> dict:
@@ -147,10 +154,14 @@ def switch(db_path: Path, changes: dict[int, str], expected: dict[int, str]) -> 
 
 
 def record_usage(db_path: Path, deployment_id: int, route: str, status: int, latency_s: float,
-                 prompt_tokens: int | None, completion_tokens: int | None, stream: bool) -> None:
-    with connect(db_path) as db:
-        db.execute("insert into usage values (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (deployment_id, time.time(), route, status, latency_s, prompt_tokens, completion_tokens, int(stream)))
+                 prompt_tokens: int | None, completion_tokens: int | None, stream: bool, db=None) -> None:
+    """One usage row; `db` is a connection the caller keeps open (the service's, shared under its lock)."""
+    row = (deployment_id, time.time(), route, status, latency_s, prompt_tokens, completion_tokens, int(stream))
+    if db is not None:
+        db.execute("insert into usage values (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        return
+    with connect(db_path) as own:
+        own.execute("insert into usage values (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
 
 def usage_summary(db_path: Path, deployment_id: int) -> dict:

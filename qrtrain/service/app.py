@@ -44,6 +44,8 @@ class ServiceState:
     deployments: Path | None = None  # the deployments' database (qrtrain/deploy/records.py)
     split: dict = field(default_factory=dict)  # endpoint -> requests routed so far (the canary split)
     split_lock: threading.Lock = field(default_factory=threading.Lock)
+    route_lock: threading.Lock = field(default_factory=threading.Lock)
+    route_db: object = None  # the /v1 route's SQLite connection (qrtrain/service/forwarding.py)
     http: object = None  # the httpx.AsyncClient that forwards /v1 requests to engines
 
 

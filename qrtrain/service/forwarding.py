@@ -22,7 +22,9 @@ from qrtrain.deploy import records
 
 def pick(state, endpoint: str) -> dict | None:
     """The deployment this request goes to: live, or the canary for its share (None: nothing serves it)."""
-    serving = {d["status"]: d for d in records.listing(state.deployments, endpoint, records.SERVING)}
+    with state.route_lock:
+        serving = {d["status"]: d for d in records.listing(state.deployments, endpoint, records.SERVING,
+                                                           db=route_db(state))}
     live, canary = serving.get("live"), serving.get("canary")
     if canary is None or live is None:
         return live or canary
@@ -30,6 +32,18 @@ def pick(state, endpoint: str) -> dict | None:
         count = state.split.get(endpoint, 0)
         state.split[endpoint] = count + 1
     return canary if (count + 1) * canary["share"] // 100 > count * canary["share"] // 100 else live
+
+
+def route_db(state):
+    """The route's one SQLite connection (opened on first use), shared by its threads under state.route_lock."""
+    if state.route_db is None:
+        state.route_db = records.connect(state.deployments, shared=True)
+    return state.route_db
+
+
+def record(state, *usage) -> None:
+    with state.route_lock:
+        records.record_usage(state.deployments, *usage, db=route_db(state))
 
 
 def error(status: int, message: str, kind: str) -> JSONResponse:
@@ -53,9 +67,8 @@ async def forward(state, route: str, body) -> Response:
 
     async def note(status: int, usage: dict | None, chunks: int | None = None):
         usage = usage or {}
-        await run_in_threadpool(records.record_usage, state.deployments, deployment["id"], route, status,
-                                time.perf_counter() - began, usage.get("prompt_tokens"),
-                                usage.get("completion_tokens", chunks), body.stream)
+        await run_in_threadpool(record, state, deployment["id"], route, status, time.perf_counter() - began,
+                                usage.get("prompt_tokens"), usage.get("completion_tokens", chunks), body.stream)
 
     try:
         upstream = await state.http.send(state.http.build_request("POST", url, json=payload), stream=True)
