@@ -133,6 +133,7 @@ def test_bad_input_exits_2_with_message_and_publishes_nothing(tmp_path, case):
     assert published_versions(root) == []
 
 
+@pytest.mark.slow
 def test_hydra_launchers_and_sweepers(tmp_path):
     """Hydra's own plugins drive `train`: joblib and submitit_local launchers, the Optuna sweeper."""
     common = ["model=tiny", "training.max_steps=2", "training.eval_steps=0"]

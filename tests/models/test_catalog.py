@@ -148,7 +148,11 @@ def three_questions(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("stand_in", STAND_INS)
+FAST_STAND_INS = ("tiny-gemma3", "tiny-llama3.2", "tiny-qwen3", "tiny-smollm2")  # the others in `make test-slow`
+
+
+@pytest.mark.parametrize("stand_in", [s if s in FAST_STAND_INS else pytest.param(s, marks=pytest.mark.slow)
+                                      for s in STAND_INS])
 def test_each_familys_stand_in_trains_on_replies_only_verifies_evaluates_and_packages(stand_in, tmp_path,
                                                                                       three_questions):
     from qrtrain.training.datasets import load_datasets

@@ -42,6 +42,7 @@ def test_cancel_saves_a_checkpoint_and_resume_finishes_from_it(make_service):
     assert service.client.post(f"/api/jobs/{job['id']}/resume").status_code == 409  # done: nothing to resume
 
 
+@pytest.mark.slow
 def test_two_workers_run_two_jobs_and_a_third_waits(make_service):
     service = make_service(workers=2)
     jobs = [service.submit(*ENDLESS, f"artifact.name=parallel-{i}") for i in range(3)]

@@ -87,6 +87,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
     root = tmp_path / "r"
     result = subprocess.run([sys.executable, "-c", KILL_DURING_SECOND_SAVE, *COMMON, f"artifact.root={root}"],
@@ -100,6 +101,7 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path):
     assert (root / "tiny-dialogue" / "v1").is_dir()
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_exits_130_then_resumes(tmp_path):
     root = tmp_path / "r"
     process = start(root, "training.max_steps=400")
@@ -116,6 +118,7 @@ def test_sigint_saves_a_checkpoint_and_exits_130_then_resumes(tmp_path):
     assert state["final"]["global_step"] == 400
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     root = tmp_path / "r"
     process = start(root, "training.max_steps=400")

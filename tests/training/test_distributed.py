@@ -24,7 +24,8 @@ def run(command, root):
     return result
 
 
-@pytest.mark.parametrize("method", ["sft", pytest.param("dpo", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_two_processes_match_one_and_publish_once(tmp_path, method):
     # DPO's sigmoid loss is a mean over pairs, so two halves average to the whole batch; its `sft` term (in the
     # default [sigmoid,sft]) is a mean over each process's tokens, which DDP's average of two halves only nears

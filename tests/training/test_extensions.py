@@ -1,5 +1,6 @@
 """Each shipped extension acts as its formula says; state survives resume; user extensions plug in."""
 
+import pytest
 import json
 import os
 import signal
@@ -184,6 +185,7 @@ class InterruptAt(TrainerCallback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_grokfast_and_ema_state_survive_resume(tmp_path, monkeypatch):
     """Interrupt after a few steps, resume: the extensions' state after loading equals what was saved."""
     from safetensors.torch import load_file

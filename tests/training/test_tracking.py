@@ -21,13 +21,19 @@ ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_MODE", "W
 
 @pytest.fixture(scope="module")
 def tracked_version(tmp_path_factory, model_cache):
-    """(root, the version, its metadata, its root digest, the environment before the run)."""
+    """(root, the version, its metadata, its root digest, the environment before the run). The run is the CLI in
+    its own process, as users run it: Trackio reads its folder once per process, when first imported, and other
+    tests in this process may have imported it already."""
+    import subprocess
+    import sys
+
     root = tmp_path_factory.mktemp("tracked")
     before = {name: os.environ.get(name) for name in ENVIRONMENT}
-    result = invoke("train", "model=tiny", f"training.max_steps={STEPS}", "training.logging_steps=1",
-                    "training.eval_steps=0", "training.learning_rate=1e-2", f"artifact.root={root}", "artifact.name=t",
-                    "tracking=[tensorboard,mlflow,wandb,trackio]")
-    assert result.exit_code == 0, result.output
+    result = subprocess.run([sys.executable, "-m", "qrtrain", "train", "model=tiny", f"training.max_steps={STEPS}",
+                             "training.logging_steps=1", "training.eval_steps=0", "training.learning_rate=1e-2",
+                             f"artifact.root={root}", "artifact.name=t", "tracking=[tensorboard,mlflow,wandb,trackio]"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     version = root / "t" / "v1"
     metadata = json.loads((version / "metadata.json").read_text())
     digest = json.loads((version / "checksums.json").read_text())["root_digest"]
@@ -115,8 +121,13 @@ def test_tensorboard_events_stay_in_the_run_folder(tracked_version):
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, STEPS + 1))
 
 
-def test_tracker_environment_is_restored_after_the_run(tracked_version):
-    assert {name: os.environ.get(name) for name in ENVIRONMENT} == tracked_version[4]
+def test_tracker_environment_is_restored_after_the_run(tmp_path):
+    """In-process (a sweep's jobs share one process): the variables set for the run are put back after it."""
+    before = {name: os.environ.get(name) for name in ENVIRONMENT}
+    result = invoke("train", "model=tiny", "training.max_steps=1", "training.eval_steps=0", f"artifact.root={tmp_path}",
+                    "tracking=[tensorboard,mlflow,wandb]")
+    assert result.exit_code == 0, result.output
+    assert {name: os.environ.get(name) for name in ENVIRONMENT} == before
 
 
 def test_a_missing_tracker_package_is_exit_2_before_training(tmp_path, monkeypatch):
