@@ -99,7 +99,6 @@ def start_and_check(request: DeployRequest, version: Path, db: Path, current: di
 
     version, base = resolve_target(version)  # verified here; a version that does not verify is exit 2
     version, base = version.resolve(), base.resolve()
-    metadata = json.loads((version / "metadata.json").read_text())
     name = f"{version.parent.name}/{version.name}"
     digest = json.loads((version / "checksums.json").read_text()).get("root_digest", "")
     report, report_path = recorded_report(version)
@@ -149,7 +148,7 @@ def start_and_check(request: DeployRequest, version: Path, db: Path, current: di
             raise QrtrainError(f"{error.message}\nnothing was deployed (the new engine is stopped){kept}",
                                exit_code=error.exit_code) from None
         raise
-    return {**records.get(db, deployment["id"]), "metadata_name": metadata.get("name")}
+    return records.get(db, deployment["id"])
 
 
 def build_for_engine(engine: str, version: Path, base: Path, folder: Path) -> Path:

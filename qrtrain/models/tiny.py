@@ -70,10 +70,11 @@ def build_tiny_tokenizer(params, template: str = "tiny.jinja", extra_special: li
     return tokenizer
 
 
-def text_config(params, tokenizer):
+def text_config(params, tokenizer, config_class=None, **family):
+    """The tiny model's config: a Llama's, or `config_class`'s with a family's own settings (rope, tying, windows)."""
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    return (config_class or LlamaConfig)(
         vocab_size=len(tokenizer),
         hidden_size=params.hidden_size,
         intermediate_size=params.intermediate_size,
@@ -84,7 +85,7 @@ def text_config(params, tokenizer):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        **({"tie_word_embeddings": True} | family),
     )
 
 
@@ -159,19 +160,8 @@ def build_family_model(folder: Path, model_cfg, chat_template: str) -> None:
     tokenizer = family_tokenizer(model_cfg, chat_template)
     params = model_cfg.tiny
     architecture = getattr(transformers, model_cfg.architecture)
-    config = architecture.config_class(
-        vocab_size=len(tokenizer),
-        hidden_size=params.hidden_size,
-        intermediate_size=params.intermediate_size,
-        num_hidden_layers=params.num_hidden_layers,
-        num_attention_heads=params.num_attention_heads,
-        num_key_value_heads=params.num_key_value_heads,
-        max_position_embeddings=params.max_position_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **OmegaConf.to_container(params.config, resolve=True),  # the family's own settings: rope, tying, windows
-    )
+    family = OmegaConf.to_container(params.config, resolve=True)  # the family's own settings: rope, tying, windows
+    config = text_config(params, tokenizer, architecture.config_class, **family)
     stops = tokenizer.convert_tokens_to_ids(list(model_cfg.stop_tokens))
     torch.manual_seed(params.seed)
     model = architecture(config)
